@@ -1,0 +1,34 @@
+"""gRPC over HTTP/2 for Trio, in pure Python (h2 + hpack); knows nothing of health checking.
+
+Layers: a sans-I/O core (``status``, ``errors``, ``framing``, ``compression``, ``timeout``,
+``metadata``, ``events``, ``connection``) that never imports Trio, and a Trio layer
+(``transport``, ``server``) around it.
+"""
+
+from .connection import ServerConfig, ServerConnection
+from .errors import ProtocolError, RpcError, WireError
+from .handlers import MethodHandler, MethodKind, unary_stream, unary_unary
+from .metadata import Metadata
+from .server import ConnectionInfo, Server, ServerCall, ServerOptions
+from .status import StatusCode
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConnectionInfo",
+    "Metadata",
+    "MethodHandler",
+    "MethodKind",
+    "ProtocolError",
+    "RpcError",
+    "Server",
+    "ServerCall",
+    "ServerConfig",
+    "ServerConnection",
+    "ServerOptions",
+    "StatusCode",
+    "WireError",
+    "__version__",
+    "unary_stream",
+    "unary_unary",
+]
