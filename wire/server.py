@@ -85,6 +85,7 @@ class ServerCall:
         "_conn",
         "_done",
         "_initial_metadata",
+        "_ready",
         "_request",
         "_request_count",
         "_reset",
@@ -118,6 +119,8 @@ class ServerCall:
         )
         self._request: bytes | None = None
         self._request_count = 0
+        # Set once the request message and END_STREAM are in and the handler may run.
+        self._ready = trio.Event()
         self._scope: trio.CancelScope | None = None
         self._initial_metadata: MetadataLike = ()
         self._trailing_metadata: MetadataLike = ()
@@ -192,6 +195,9 @@ class _ConnectionState:
         self.peer_gone_away = False
         # Cancelled to stop reading once a draining connection has no calls left.
         self.read_scope = trio.CancelScope()
+        # The timeout of the read in progress; the idle timer is armed through it when the
+        # last call ends while the reader waits (it started waiting with no timeout).
+        self.receive_scope: trio.CancelScope | None = None
 
 
 class Server:
@@ -372,6 +378,7 @@ class Server:
             idle = not state.calls
             timeout = opts.preface_timeout if first else (opts.idle_timeout if idle else math.inf)
             with trio.move_on_after(timeout) as scope:
+                state.receive_scope = scope
                 try:
                     data = await stream.receive_some(opts.read_size)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -431,7 +438,7 @@ class Server:
                 self._end_call(state, call, StatusCode.UNIMPLEMENTED,
                                "grpc: received no request message for a unary request method")
                 return
-            nursery.start_soon(self._run_call, state, call)
+            call._ready.set()
         elif isinstance(ev, RequestReceived):
             handler = self._handlers.get(ev.method)
             call = ServerCall(state, ev, handler)
@@ -448,6 +455,9 @@ class Server:
                 return
             if self._shutting_down and not conn.draining:
                 conn.start_drain()
+            # The call's task starts now, not when the request is complete, so that its
+            # deadline also covers a client that never finishes sending the request.
+            nursery.start_soon(self._run_call, state, call)
         elif isinstance(ev, (StreamReset, CallAborted)):
             call = state.calls.get(ev.stream_id)
             if call is not None:
@@ -479,16 +489,24 @@ class Server:
                 state.all_done.set()
                 if state.conn.draining:
                     state.read_scope.cancel()
+                elif state.receive_scope is not None:
+                    scope = state.receive_scope
+                    scope.deadline = min(scope.deadline,
+                                         trio.current_time() + state.options.idle_timeout)
 
     async def _run_call(self, state: _ConnectionState, call: ServerCall) -> None:
         conn = state.conn
         handler = call.handler
-        assert handler is not None and call._request is not None
+        assert handler is not None
         sid = call.stream_id
+        if sid not in state.calls:
+            return  # ended before this task ran (bad message, reset, ...)
         code, message, details = StatusCode.OK, "", None
         with trio.CancelScope(deadline=call.deadline) as scope:
             call._scope = scope
             try:
+                await call._ready.wait()
+                assert call._request is not None
                 try:
                     request = handler.request_deserializer(call._request)
                 except Exception as exc:

@@ -11,17 +11,12 @@ __all__ = ["MAX_TIMEOUT_DIGITS", "format_timeout", "parse_timeout"]
 
 MAX_TIMEOUT_DIGITS = 8
 
-_UNIT_SECONDS = {
-    "H": 3600.0,
-    "M": 60.0,
-    "S": 1.0,
-    "m": 1e-3,
-    "u": 1e-6,
-    "n": 1e-9,
-}
-# Units in nanoseconds, finest first, for formatting with exact integer arithmetic.
+# Units in nanoseconds, finest first, for formatting with exact integer arithmetic. Parsing uses
+# them too: a float scale such as 1e-6 can land one ulp low (100000 * 1e-6 == 0.09999999999999999,
+# which would make parse(format(0.1)) earlier than 0.1).
 _UNITS_NS = (("n", 1), ("u", 1_000), ("m", 1_000_000), ("S", 10**9), ("M", 60 * 10**9),
              ("H", 3600 * 10**9))
+_UNIT_NS = dict(_UNITS_NS)
 _MAX_VALUE = 10**MAX_TIMEOUT_DIGITS - 1
 
 
@@ -38,10 +33,10 @@ def parse_timeout(value: str | bytes) -> float:
     # str.isdigit accepts non-ASCII digits; the grammar allows only 0-9.
     if not (digits.isascii() and digits.isdigit()):
         raise ValueError(f"grpc-timeout {value!r}: value must be ASCII digits")
-    scale = _UNIT_SECONDS.get(unit)
-    if scale is None:
+    size = _UNIT_NS.get(unit)
+    if size is None:
         raise ValueError(f"grpc-timeout {value!r}: unit must be one of H M S m u n")
-    return int(digits) * scale
+    return int(digits) * size / 10**9  # int / int: the exact value, rounded once
 
 
 def format_timeout(seconds: float) -> str:
