@@ -1,0 +1,26 @@
+"""gRPC health checking (``grpc.health.v1``) for Trio, in pure Python.
+
+Server side: ``HealthState`` (the status map and its watchers), ``HealthService`` (Check, List,
+Watch on a ``wire.Server``) and ``serve_health`` / ``HealthServer`` (a standalone server).
+Client side lives in ``health.client``, ``health.watch``, ``health.pool`` and ``health.probe``.
+Imports point one way: ``health`` uses ``wire``; ``wire`` never imports ``health``.
+"""
+
+from .errors import HealthError, InvalidStatusError, ServiceNameError, WatcherLimitError
+from .service import HealthServer, HealthService, serve_health
+from .state import HealthState, Watcher
+from .status import ServingStatus, parse_status
+
+__all__ = [
+    "HealthError",
+    "HealthServer",
+    "HealthService",
+    "HealthState",
+    "InvalidStatusError",
+    "ServiceNameError",
+    "ServingStatus",
+    "WatcherLimitError",
+    "Watcher",
+    "parse_status",
+    "serve_health",
+]

@@ -1,0 +1,169 @@
+"""Command line: ``python -m health serve`` (the health server) and ``python -m health probe``.
+
+``serve`` runs a standalone gRPC health server (default 127.0.0.1:50051, ``""`` SERVING) until
+SIGTERM or SIGINT, then drains gracefully: every service NOT_SERVING, Watch streams ended with
+UNAVAILABLE, GOAWAY, calls in flight given ``--grace`` seconds, exit 0. A second signal during the
+drain stops at once. Logs go to stderr, one line per status change.
+
+``probe`` is a ``grpc_health_probe``-compatible client; see ``health.probe``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from .admin import AdminServer
+from .errors import HealthError
+from .service import DEFAULT_LIST_LIMIT, HealthServer
+from .state import HealthState
+from .status import ServingStatus, parse_status
+
+__all__ = ["main", "serve_main"]
+
+logger = logging.getLogger("health")
+
+
+def _service_arg(text: str) -> tuple[str, ServingStatus]:
+    name, sep, status = text.rpartition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=STATUS, got {text!r}")
+    try:
+        parsed = parse_status(status)
+    except HealthError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if parsed is ServingStatus.SERVICE_UNKNOWN:
+        raise argparse.ArgumentTypeError("SERVICE_UNKNOWN cannot be set; it is Watch-only")
+    return name, parsed
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {value}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m health serve",
+        description="Run a gRPC health server (grpc.health.v1.Health: Check, List, Watch).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=_port, default=50051, help="TCP port (default %(default)s)")
+    p.add_argument("--unix", metavar="PATH", help="listen on a Unix socket instead of TCP")
+    p.add_argument("--service", action="append", type=_service_arg, default=[],
+                   metavar="NAME=STATUS",
+                   help="initial status of a service (repeatable); NAME may be empty for the "
+                        "server as a whole; STATUS is SERVING, NOT_SERVING or UNKNOWN")
+    p.add_argument("--grace", type=_nonneg_float, default=5.0,
+                   help="seconds calls in flight get to finish on shutdown (default %(default)s)")
+    p.add_argument("--admin-port", type=_port, default=None, metavar="N",
+                   help="also serve the HTTP/1.1 admin API on 127.0.0.1:N")
+    p.add_argument("--list-limit", type=int, default=DEFAULT_LIST_LIMIT,
+                   help="most services List returns before RESOURCE_EXHAUSTED "
+                        "(default %(default)s)")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default %(default)s")
+    return p
+
+
+def _log_change(service: str, old: ServingStatus | None, new: ServingStatus | None) -> None:
+    logger.info("status %r: %s -> %s", service, old.name if old is not None else "absent",
+                new.name if new is not None else "absent")
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    state = HealthState(dict(args.service))
+    state.add_listener(_log_change)
+    server = HealthServer(state, list_limit=args.list_limit)
+    stop = trio.Event()
+    # Catch SIGTERM/SIGINT before announcing the ports: a supervisor may signal as soon as it
+    # reads the "listening" line, and the default action would kill us without draining.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def wait_signal() -> None:
+                async for signum in signals:
+                    if stop.is_set():
+                        logger.warning("second signal: stopping now")
+                        nursery.cancel_scope.cancel()
+                        return
+                    logger.info("received %s: draining", signal.Signals(signum).name)
+                    stop.set()
+
+            nursery.start_soon(wait_signal)
+            if args.unix:
+                await nursery.start(server.serve_unix, args.unix)
+                logger.info("health server listening on unix:%s", args.unix)
+            else:
+                await nursery.start(server.serve_tcp, args.host, args.port)
+                host, port = server.address
+                logger.info("health server listening on %s:%d", host, port)
+            # Machine-readable line for wrappers and tests that ask for port 0.
+            print(f"listening {server.address if args.unix else server.port}", flush=True)
+            if args.admin_port is not None:
+                admin = AdminServer(state, on_shutdown=stop.set)
+                admin_addr = await nursery.start(admin.serve_tcp, "127.0.0.1", args.admin_port)
+                logger.info("admin API on http://127.0.0.1:%d", admin_addr[1])
+                print(f"admin {admin_addr[1]}", flush=True)
+            await stop.wait()
+            logger.info("graceful shutdown: grace %.1f s", args.grace)
+            await server.shutdown(args.grace)
+            logger.info("stopped")
+            nursery.cancel_scope.cancel()
+    return 0
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    """Run ``serve`` with the given arguments; returns the exit code."""
+    args = _serve_parser().parse_args(list(argv))
+    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return trio.run(_serve, args)
+
+
+_USAGE = """usage: python -m health {serve,probe} [options]
+
+  serve   run a gRPC health server (python -m health serve --help)
+  probe   check a gRPC health server, like grpc_health_probe (python -m health probe -help)
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m health`` and the ``trio-grpc-health`` script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(_USAGE)
+        return 0 if args else 1
+    command, rest = args[0], args[1:]
+    if command == "serve":
+        return serve_main(rest)
+    if command == "probe":
+        from .probe import main as probe_main
+
+        return probe_main(rest)
+    sys.stderr.write(f"unknown command {command!r}\n{_USAGE}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The ``grpc.health.v1.Health`` service (Check, List, Watch) on a ``wire.Server``.
+
+This module owns the translation between a ``HealthState`` and gRPC calls, and the standalone
+health server (``serve_health`` / ``HealthServer``) that Trio applications start in their own
+nursery.
+
+Semantics (grpc ``doc/health-checking.md`` and gRFC A90):
+
+* Check: a known name answers OK with its status; an unknown name fails NOT_FOUND
+  ("unknown service").
+* List: every entry, ``""`` included, with no side effects; more entries than ``list_limit``
+  (100 by default) fail RESOURCE_EXHAUSTED.
+* Watch: the current status at once (SERVICE_UNKNOWN for an unknown name, with the stream kept
+  open), then each change; a slow reader skips to the latest status; never the same status twice
+  in a row. Watchers are capped in total and per connection (RESOURCE_EXHAUSTED above).
+* Graceful server shutdown: every service turns NOT_SERVING, that is pushed to every watcher, and
+  then every Watch stream ends with UNAVAILABLE ("health server is shutting down"), so shutdown
+  never waits on watchers. Clients following gRFC A17 treat that as "retry elsewhere".
+
+Responses for the four statuses are serialized once and reused: a Check costs a dictionary lookup
+and no protobuf encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import trio
+from google.protobuf.message import DecodeError
+
+from wire import MethodHandler, RpcError, Server, ServerCall, StatusCode, unary_stream, unary_unary
+from wire.connection import ServerConfig
+from wire.server import ServerOptions
+
+from ._health_pb2 import (
+    HealthCheckRequest,
+    HealthCheckResponse,
+    HealthListRequest,
+    HealthListResponse,
+)
+from .errors import ServiceNameError, WatcherLimitError
+from .state import HealthState
+from .status import ServingStatus
+
+__all__ = [
+    "CHECK_PATH",
+    "DEFAULT_LIST_LIMIT",
+    "LIST_PATH",
+    "WATCH_PATH",
+    "HealthServer",
+    "HealthService",
+    "serve_health",
+]
+
+SERVICE_NAME = "grpc.health.v1.Health"
+CHECK_PATH = f"/{SERVICE_NAME}/Check"
+LIST_PATH = f"/{SERVICE_NAME}/List"
+WATCH_PATH = f"/{SERVICE_NAME}/Watch"
+DEFAULT_LIST_LIMIT = 100
+
+_RESPONSES: dict[ServingStatus, bytes] = {
+    status: HealthCheckResponse(status=int(status)).SerializeToString()
+    for status in ServingStatus
+}
+
+
+def _parse_check_request(data: bytes) -> str:
+    req = HealthCheckRequest()
+    try:
+        req.ParseFromString(data)
+    except DecodeError as exc:
+        raise RpcError(StatusCode.INTERNAL, f"cannot parse HealthCheckRequest: {exc}") from None
+    return req.service
+
+
+def _parse_list_request(data: bytes) -> None:
+    try:
+        HealthListRequest().ParseFromString(data)
+    except DecodeError as exc:
+        raise RpcError(StatusCode.INTERNAL, f"cannot parse HealthListRequest: {exc}") from None
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+class HealthService:
+    """Serves Check, List and Watch from a ``HealthState``."""
+
+    def __init__(self, state: HealthState | None = None, *,
+                 list_limit: int = DEFAULT_LIST_LIMIT) -> None:
+        if list_limit < 0:
+            raise ValueError("list_limit must be >= 0")
+        self.state = state if state is not None else HealthState()
+        self.list_limit = list_limit
+        #: Calls answered, by method name and gRPC code name (for logs and metrics).
+        self.call_counts: dict[tuple[str, str], int] = {}
+
+    def handlers(self) -> list[MethodHandler[Any, Any]]:
+        """The three methods, ready for ``Server.add_handlers``."""
+        return [
+            unary_unary(CHECK_PATH, self._check, _parse_check_request, _identity),
+            unary_unary(LIST_PATH, self._list, _parse_list_request, _identity),
+            unary_stream(WATCH_PATH, self._watch, _parse_check_request, _identity),
+        ]
+
+    def attach(self, server: Server) -> None:
+        """Add the Health methods to ``server`` and drain them when it shuts down."""
+        server.add_handlers(self.handlers())
+        server.add_shutdown_hook(self.drain)
+
+    def drain(self) -> None:
+        """Mark everything NOT_SERVING, push it to watchers, then end every Watch."""
+        self.state.shutdown()
+        self.state.end_watches()
+
+    def _count(self, method: str, code: StatusCode) -> None:
+        key = (method, code.name)
+        self.call_counts[key] = self.call_counts.get(key, 0) + 1
+
+    async def _check(self, service: str, call: ServerCall) -> bytes:
+        status = self.state.get(service)
+        if status is None:
+            self._count("Check", StatusCode.NOT_FOUND)
+            raise RpcError(StatusCode.NOT_FOUND, "unknown service")
+        self._count("Check", StatusCode.OK)
+        return _RESPONSES[status]
+
+    async def _list(self, _request: None, call: ServerCall) -> bytes:
+        snapshot = self.state.snapshot()
+        if len(snapshot) > self.list_limit:
+            self._count("List", StatusCode.RESOURCE_EXHAUSTED)
+            raise RpcError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"server has {len(snapshot)} services, more than the List limit of "
+                f"{self.list_limit}",
+            )
+        resp = HealthListResponse()
+        for name, status in snapshot.items():
+            resp.statuses[name].status = int(status)  # type: ignore[assignment]
+        self._count("List", StatusCode.OK)
+        return resp.SerializeToString()
+
+    async def _watch(self, service: str, call: ServerCall,
+                     send: Callable[[bytes], Awaitable[None]]) -> None:
+        try:
+            watcher = self.state.watch(service, owner=call.connection)
+        except WatcherLimitError as exc:
+            self._count("Watch", StatusCode.RESOURCE_EXHAUSTED)
+            raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        except ServiceNameError as exc:
+            self._count("Watch", StatusCode.INVALID_ARGUMENT)
+            raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        with watcher:
+            async for status in watcher:
+                await send(_RESPONSES[status])
+        # The iteration ends only when the server drains (end_watches): say so, so that the
+        # client retries elsewhere instead of believing the service vanished.
+        self._count("Watch", StatusCode.UNAVAILABLE)
+        raise RpcError(StatusCode.UNAVAILABLE, "health server is shutting down")
+
+
+class HealthServer:
+    """A standalone health server: a ``wire.Server`` carrying only the Health service.
+
+    Started with ``await nursery.start(serve_health, host, port)``, which hands this object
+    back; set statuses on it (or on ``.state``) from then on.
+    """
+
+    def __init__(
+        self,
+        state: HealthState | None = None,
+        *,
+        list_limit: int = DEFAULT_LIST_LIMIT,
+        config: ServerConfig | None = None,
+        options: ServerOptions | None = None,
+        extra_handlers: Sequence[MethodHandler[Any, Any]] = (),
+    ) -> None:
+        self.service = HealthService(state, list_limit=list_limit)
+        self.state = self.service.state
+        self.server = Server(extra_handlers, config=config, options=options)
+        self.service.attach(self.server)
+        #: The bound address once serving: ``(host, port)`` or a Unix socket path.
+        self.address: Any = None
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        if not isinstance(self.address, tuple):
+            raise RuntimeError("not serving on TCP")
+        return int(self.address[1])
+
+    def set(self, service: str, status: ServingStatus) -> None:
+        """Set a service's status (shortcut for ``state.set``)."""
+        self.state.set(service, status)
+
+    def remove(self, service: str) -> bool:
+        """Forget a service (shortcut for ``state.remove``)."""
+        return self.state.remove(service)
+
+    async def serve_tcp(self, host: str | None, port: int, *,
+                        task_status: trio.TaskStatus[HealthServer] = trio.TASK_STATUS_IGNORED,
+                        ) -> None:
+        """Listen on TCP and serve until cancelled or shut down.
+
+        ``await nursery.start(health_server.serve_tcp, host, port)`` returns this object
+        once listening.
+        """
+        self.state.bind_trio()
+        async with trio.open_nursery() as nursery:
+            self.address = await nursery.start(self.server.serve_tcp, host, port)
+            task_status.started(self)
+
+    async def serve_unix(self, path: str, *,
+                         task_status: trio.TaskStatus[HealthServer] = trio.TASK_STATUS_IGNORED,
+                         ) -> None:
+        """Listen on a Unix socket and serve; ``nursery.start`` returns this object."""
+        self.state.bind_trio()
+        async with trio.open_nursery() as nursery:
+            self.address = await nursery.start(self.server.serve_unix, path)
+            task_status.started(self)
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Drain (NOT_SERVING, end watches, GOAWAY), wait up to ``grace`` s, then stop."""
+        await self.server.shutdown(grace)
+
+
+async def serve_health(
+    host: str | None = "127.0.0.1",
+    port: int = 50051,
+    *,
+    initial: Mapping[str, ServingStatus] | None = None,
+    state: HealthState | None = None,
+    list_limit: int = DEFAULT_LIST_LIMIT,
+    task_status: trio.TaskStatus[HealthServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a standalone health server on TCP until cancelled or shut down.
+
+    ``server = await nursery.start(serve_health, "127.0.0.1", 0)`` returns the running
+    ``HealthServer``; ``server.set("svc", ServingStatus.SERVING)`` publishes a status.
+    """
+    if state is None:
+        state = HealthState(initial)
+    hs = HealthServer(state, list_limit=list_limit)
+    await hs.serve_tcp(host, port, task_status=task_status)
+
