@@ -116,7 +116,8 @@ class _H2ServerConnection(h2.connection.H2Connection):
 class _Call:
     """Per-stream state of a call in progress."""
 
-    __slots__ = ("client_done", "decoder", "headers_sent", "pending", "send_encoding", "trailers")
+    __slots__ = ("client_done", "decoder", "headers_sent", "pending", "reset_code",
+                 "send_encoding", "trailers")
 
     def __init__(self, decoder: MessageDecoder, send_encoding: str | None) -> None:
         self.decoder = decoder
@@ -125,6 +126,8 @@ class _Call:
         self.client_done = False
         self.pending = bytearray()
         self.trailers: list[tuple[bytes, bytes]] | None = None
+        # RST_STREAM code sent after the trailers when the client has not half-closed.
+        self.reset_code: int = _NO_ERROR
 
 
 class ServerConnection:
@@ -432,14 +435,18 @@ class ServerConnection:
         metadata: MetadataLike = (),
         *,
         details: bytes | None = None,
+        reset_code: int = _NO_ERROR,
     ) -> bool:
         """End the call with a status (trailers); return False if it was already over.
 
         Before any message this is a Trailers-Only response: one HEADERS frame with END_STREAM.
+        If the client has not ended its side by then, RST_STREAM ``reset_code`` follows (a
+        closed stream may carry no more frames, so there is none otherwise).
         """
         call = self._calls.get(stream_id)
         if call is None or call.trailers is not None:
             return False
+        call.reset_code = reset_code
         trailers = [(b"grpc-status", _STATUS_BYTES[StatusCode(code)])]
         if message:
             trailers.append((b"grpc-message", percent_encode(message).encode("ascii")))
@@ -535,7 +542,7 @@ class ServerConnection:
             # PROTOCOL-HTTP2.md: trailers sent before the client half-closed are followed by
             # RST_STREAM NO_ERROR so the client stops sending.
             try:
-                self._h2.reset_stream(sid, _NO_ERROR)
+                self._h2.reset_stream(sid, call.reset_code)
             except h2.exceptions.StreamClosedError:
                 pass
 

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import socket
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ from .events import (
 from .handlers import MethodHandler, MethodKind
 from .metadata import Metadata, MetadataLike
 from .status import StatusCode
+from .tls import negotiated_h2, peer_certificate
 from .transport import Transport
 
 __all__ = ["ConnectionInfo", "Server", "ServerCall", "ServerOptions"]
@@ -65,6 +67,8 @@ class ServerOptions:
     stream_high_water: int = 64 * 1024
     #: Bytes asked of the socket per read.
     read_size: int = 64 * 1024
+    #: Connections served at once; more are sent GOAWAY(ENHANCE_YOUR_CALM) and closed.
+    max_connections: int = 10_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,6 +80,10 @@ class ConnectionInfo:
 
     peer: str
     local: str
+    #: True when the connection arrived over TLS.
+    tls: bool = False
+    #: The client's verified certificate (``ssl.SSLSocket.getpeercert()`` form), under mTLS.
+    peer_certificate: dict[str, Any] | None = None
 
 
 class ServerCall:
@@ -255,13 +263,19 @@ class Server:
         port: int,
         *,
         backlog: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on TCP and serve until cancelled or shut down; reports the bound address."""
+        """Listen on TCP and serve until cancelled or shut down; reports the bound address.
+
+        With ``ssl_context`` (see ``wire.tls.server_context``) every connection is TLS and must
+        negotiate ALPN ``h2``.
+        """
         listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
         sock = listeners[0].socket
         addr = sock.getsockname()
-        await self.serve_listeners(listeners, task_status=task_status, _address=(addr[0], addr[1]))
+        await self.serve_listeners(listeners, ssl_context=ssl_context, task_status=task_status,
+                                   _address=(addr[0], addr[1]))
 
     async def serve_unix(
         self,
@@ -293,10 +307,14 @@ class Server:
         self,
         listeners: Sequence[trio.abc.Listener[Any]],
         *,
+        ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
         _address: Any = None,
     ) -> None:
         """Accept on ``listeners`` and serve each connection; returns after ``shutdown()``."""
+        if ssl_context is not None:
+            listeners = [trio.SSLListener(lst, ssl_context, https_compatible=False)
+                         for lst in listeners]
         async with trio.open_nursery() as nursery:
             with trio.CancelScope() as accept_scope:
                 self._listen_scopes.add(accept_scope)
@@ -323,12 +341,49 @@ class Server:
                 logger.warning("accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
+            if len(self._connections) >= self.options.max_connections:
+                nursery.start_soon(self._turn_away, stream)
+                continue
             nursery.start_soon(self.serve_stream, stream)
+
+    async def _turn_away(self, stream: trio.abc.Stream) -> None:
+        """Refuse a connection over the limit politely: SETTINGS and GOAWAY, then close."""
+        logger.warning("refusing connection: %d connections already open",
+                       len(self._connections))
+        try:
+            with trio.move_on_after(1.0):
+                if isinstance(stream, trio.SSLStream):
+                    await stream.do_handshake()
+                conn = ServerConnection(self.config)
+                conn.close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "too many connections")
+                await stream.send_all(conn.data_to_send())
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one already-connected stream until it ends; closes it."""
+        peer_cert = None
+        if isinstance(stream, trio.SSLStream):
+            try:
+                with trio.fail_after(self.options.preface_timeout):
+                    await stream.do_handshake()
+            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                logger.info("%s: TLS handshake failed: %s",
+                            _describe(stream, peer=True), exc.__cause__ or exc)
+                await trio.aclose_forcefully(stream)
+                return
+            if not negotiated_h2(stream):
+                # gRPC requires HTTP/2 by ALPN; a client that did not ask for h2 cannot speak it.
+                logger.info("%s: refusing TLS client that did not negotiate ALPN h2 (got %r)",
+                            _describe(stream, peer=True), stream.selected_alpn_protocol())
+                await trio.aclose_forcefully(stream)
+                return
+            peer_cert = peer_certificate(stream)
         info = ConnectionInfo(peer=_describe(stream, peer=True),
-                              local=_describe(stream, peer=False))
+                              local=_describe(stream, peer=False),
+                              tls=isinstance(stream, trio.SSLStream), peer_certificate=peer_cert)
         conn = ServerConnection(self.config)
         transport = Transport(stream, conn, write_timeout=self.options.write_timeout)
         state = _ConnectionState(conn, transport, info, self.options)
@@ -535,8 +590,11 @@ class Server:
             if call.stream_id not in state.calls:
                 return  # reset by the client or ended by the connection: nothing to say
             if trio.current_time() >= call.deadline:
-                # SPEC: on deadline, answer DEADLINE_EXCEEDED and RST_STREAM CANCEL.
-                conn.send_status(sid, StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                # SPEC: on deadline, answer DEADLINE_EXCEEDED and RST_STREAM CANCEL. The reset
+                # goes out only if the client is still sending (a closed stream takes no more
+                # frames); trailers stuck behind flow control are dropped for it.
+                conn.send_status(sid, StatusCode.DEADLINE_EXCEEDED, "deadline exceeded",
+                                 reset_code=_CANCEL)
                 conn.reset(sid, _CANCEL)
             else:
                 conn.send_status(sid, StatusCode.UNAVAILABLE, "server is shutting down")
@@ -587,6 +645,8 @@ class Server:
 
 
 def _describe(stream: trio.abc.Stream, *, peer: bool) -> str:
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
     sock = getattr(stream, "socket", None)
     if sock is None:
         return "memory"
