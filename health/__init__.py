@@ -19,8 +19,8 @@ __all__ = [
     "InvalidStatusError",
     "ServiceNameError",
     "ServingStatus",
-    "WatcherLimitError",
     "Watcher",
+    "WatcherLimitError",
     "parse_status",
     "serve_health",
 ]

@@ -131,7 +131,7 @@ class Watcher:
         if self._closed:
             return
         self._closed = True
-        pass
+        self._state._unregister(self)
         # Let a task blocked in __anext__ notice the closure and stop.
         self._wake()
 
