@@ -13,12 +13,17 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import trio
 
+from wire.tls import TLSConfigError, server_context
+
 from .admin import AdminServer
+from .config import ConfigError, Sidecar, SidecarConfig, load_config
 from .errors import HealthError
 from .service import DEFAULT_LIST_LIMIT, HealthServer
 from .state import HealthState
@@ -81,6 +86,17 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-limit", type=int, default=DEFAULT_LIST_LIMIT,
                    help="most services List returns before RESOURCE_EXHAUSTED "
                         "(default %(default)s)")
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML file: services, dependency checks, ports, TLS (see "
+                        "examples/health.toml); flags on the command line override it")
+    p.add_argument("--metrics", action="store_true", default=False,
+                   help="serve Prometheus metrics at GET /metrics on the admin port")
+    p.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (PEM)")
+    p.add_argument("--tls-client-ca", metavar="FILE",
+                   help="verify client certificates against this CA (mTLS)")
+    p.add_argument("--require-client-cert", action="store_true", default=False,
+                   help="refuse clients without a certificate signed by --tls-client-ca")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default %(default)s")
     return p
@@ -91,10 +107,15 @@ def _log_change(service: str, old: ServingStatus | None, new: ServingStatus | No
                 new.name if new is not None else "absent")
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    state = HealthState(dict(args.service))
+async def _serve(args: argparse.Namespace, config: SidecarConfig | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> int:
+    initial = config.initial_statuses() if config is not None else {}
+    initial.update(args.service)  # --service flags win over the file
+    state = HealthState(initial)
     state.add_listener(_log_change)
     server = HealthServer(state, list_limit=args.list_limit)
+    # Built before any task starts: a ConfigError (no prometheus_client) stops us here.
+    sidecar = Sidecar(config, state, service=server.service, metrics=args.metrics)
     stop = trio.Event()
     # Catch SIGTERM/SIGINT before announcing the ports: a supervisor may signal as soon as it
     # reads the "listening" line, and the default action would kill us without draining.
@@ -115,13 +136,18 @@ async def _serve(args: argparse.Namespace) -> int:
                 await nursery.start(server.serve_unix, args.unix)
                 logger.info("health server listening on unix:%s", args.unix)
             else:
-                await nursery.start(server.serve_tcp, args.host, args.port)
+                await nursery.start(partial(server.serve_tcp, args.host, args.port,
+                                            ssl_context=ssl_context))
                 host, port = server.address
-                logger.info("health server listening on %s:%d", host, port)
+                logger.info("health server listening on %s:%d%s", host, port,
+                            " (TLS)" if ssl_context is not None else "")
+            # Every configured check has run once before we announce ourselves.
+            await nursery.start(sidecar.run)
             # Machine-readable line for wrappers and tests that ask for port 0.
             print(f"listening {server.address if args.unix else server.port}", flush=True)
             if args.admin_port is not None:
-                admin = AdminServer(state, on_shutdown=stop.set)
+                admin = AdminServer(state, on_shutdown=stop.set,
+                                    extra_routes=sidecar.admin_routes())
                 admin_addr = await nursery.start(admin.serve_tcp, "127.0.0.1", args.admin_port)
                 logger.info("admin API on http://127.0.0.1:%d", admin_addr[1])
                 print(f"admin {admin_addr[1]}", flush=True)
@@ -135,10 +161,40 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def serve_main(argv: Sequence[str]) -> int:
     """Run ``serve`` with the given arguments; returns the exit code."""
-    args = _serve_parser().parse_args(list(argv))
+    parser = _serve_parser()
+    args = parser.parse_args(list(argv))
+    config: SidecarConfig | None = None
+    if args.config is not None:
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            sys.stderr.write(f"python -m health serve: error: {exc}\n")
+            return 2
+        # The file's values become the flags' defaults, so explicit flags still win.
+        parser.set_defaults(**config.arg_defaults())
+        args = parser.parse_args(list(argv))
+    if args.metrics and args.admin_port is None:
+        parser.error("--metrics needs --admin-port (or admin_port in the config file)")
+    ssl_context = None
+    if args.tls_cert or args.tls_key or args.tls_client_ca or args.require_client_cert:
+        if not args.tls_cert:
+            parser.error("TLS needs --tls-cert (and --tls-key unless the key is in it)")
+        if args.unix:
+            parser.error("TLS is for TCP; do not combine it with --unix")
+        try:
+            ssl_context = server_context(args.tls_cert, args.tls_key,
+                                         client_ca=args.tls_client_ca,
+                                         require_client_cert=args.require_client_cert)
+        except TLSConfigError as exc:
+            sys.stderr.write(f"python -m health serve: error: {exc}\n")
+            return 2
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return trio.run(_serve, args)
+    try:
+        return trio.run(_serve, args, config, ssl_context)
+    except ConfigError as exc:
+        sys.stderr.write(f"python -m health serve: error: {exc}\n")
+        return 2
 
 
 _USAGE = """usage: python -m health {serve,probe} [options]

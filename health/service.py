@@ -23,7 +23,9 @@ and no protobuf encoding.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import trio
@@ -200,16 +202,18 @@ class HealthServer:
         return self.state.remove(service)
 
     async def serve_tcp(self, host: str | None, port: int, *,
+                        ssl_context: ssl.SSLContext | None = None,
                         task_status: trio.TaskStatus[HealthServer] = trio.TASK_STATUS_IGNORED,
                         ) -> None:
-        """Listen on TCP and serve until cancelled or shut down.
+        """Listen on TCP (TLS with ``ssl_context``) and serve until cancelled or shut down.
 
         ``await nursery.start(health_server.serve_tcp, host, port)`` returns this object
         once listening.
         """
         self.state.bind_trio()
         async with trio.open_nursery() as nursery:
-            self.address = await nursery.start(self.server.serve_tcp, host, port)
+            self.address = await nursery.start(
+                partial(self.server.serve_tcp, host, port, ssl_context=ssl_context))
             task_status.started(self)
 
     async def serve_unix(self, path: str, *,
@@ -233,6 +237,7 @@ async def serve_health(
     initial: Mapping[str, ServingStatus] | None = None,
     state: HealthState | None = None,
     list_limit: int = DEFAULT_LIST_LIMIT,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[HealthServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a standalone health server on TCP until cancelled or shut down.
@@ -243,5 +248,5 @@ async def serve_health(
     if state is None:
         state = HealthState(initial)
     hs = HealthServer(state, list_limit=list_limit)
-    await hs.serve_tcp(host, port, task_status=task_status)
+    await hs.serve_tcp(host, port, ssl_context=ssl_context, task_status=task_status)
 

@@ -1,0 +1,715 @@
+"""The sidecar configuration file (``python -m health serve --config health.toml``).
+
+This module owns the TOML schema below, its validation (:func:`load_config`,
+:func:`parse_config` -> :class:`SidecarConfig`, or :class:`ConfigError` naming the file, the
+line and the key) and :func:`run_sidecar`, which runs what the file adds to a health server:
+the dependency checks (``health.checks``) and, when asked for, Prometheus metrics
+(``health.metrics``) for the admin port. See ``examples/health.toml`` for a commented example.
+
+Schema (every key optional unless marked required; unknown keys are errors, to catch typos)::
+
+    [server]
+    host = "127.0.0.1"          # gRPC listen address
+    port = 50051                # 0 picks a free port
+    unix = "/run/health.sock"   # listen on a Unix socket instead of TCP
+    admin_port = 8081           # HTTP/1.1 admin API on 127.0.0.1 (absent: no admin API)
+    grace = 5.0                 # seconds calls in flight get on shutdown
+    list_limit = 100            # most services List returns
+    metrics = false             # GET /metrics on the admin port (needs admin_port)
+    aggregate = true            # "" is the aggregate of every check (see health.checks)
+    tls_cert = "server.pem"     # TLS files: must exist (relative to this file's folder);
+    tls_key = "server.key"      #   cert and key go together
+    tls_client_ca = "ca.pem"    #   CA for client certificates
+    require_client_cert = false #   needs tls_client_ca
+
+    [check_defaults]            # defaults for every check (Kubernetes probe defaults)
+    interval = 10.0             # seconds from the start of one run to the next
+    timeout = 1.0               # seconds a run may take before it counts as failed
+    failure_threshold = 3       # failures in a row to turn a healthy check failing
+    success_threshold = 1       # successes in a row to turn a failing check healthy
+
+    [services."pkg.Service"]    # one table per service; [services.""] is the whole server
+    status = "SERVING"          # without checks: its fixed initial status;
+                                # with checks: its status until the first results (UNKNOWN)
+
+    [[services."pkg.Service".checks]]
+    type = "tcp"                # required: tcp | http | command | grpc
+    name = "db"                 # unique; default "<service>/<type><index>"
+    host = "127.0.0.1"          # tcp: host and port (required)
+    port = 5432
+    # http: url (required, http/https), expect_status = [200, 399] (inclusive; or one
+    #       number), tls_ca (file), tls_no_verify = false, headers = { Name = "value" }
+    # command: argv = ["pg_isready", "-q"] (required; passes on exit status 0), cwd
+    # grpc: target = "host:port" or "unix:PATH" (required), service = "" (the service asked
+    #       about), tls = false, tls_ca (file; implies tls)
+    # any check: interval, timeout, failure_threshold, success_threshold (override defaults)
+
+Relative file paths (TLS files, ``tls_ca``, ``cwd``) are relative to the config file's folder.
+Errors read like ``health.toml:12: services."pkg.Service".checks[0].port: must be an integer
+between 1 and 65535, got 'x'``. Syntax errors carry tomllib's line; for semantic errors the
+line is found by scanning the text for the key (best effort: a key written inside an inline
+table points at the line of its enclosing key).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import ssl
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .checks import (
+    DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_INTERVAL,
+    DEFAULT_SUCCESS_THRESHOLD,
+    DEFAULT_TIMEOUT,
+    Check,
+    CheckRunner,
+    Probe,
+    command_check,
+    grpc_check,
+    http_check,
+    tcp_check,
+)
+from .errors import HealthError, InvalidStatusError
+from .service import DEFAULT_LIST_LIMIT, HealthService
+from .state import HealthState
+from .status import ServingStatus, parse_status
+
+if TYPE_CHECKING:
+    from .metrics import HealthMetrics
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "CHECK_TYPES",
+    "CheckConfig",
+    "ConfigError",
+    "ServiceConfig",
+    "Sidecar",
+    "SidecarConfig",
+    "TlsConfig",
+    "load_config",
+    "parse_config",
+    "run_sidecar",
+]
+
+CHECK_TYPES = ("tcp", "http", "command", "grpc")
+
+Route = Callable[[], tuple[int, str, bytes]]
+KeyPath = tuple[str | int, ...]
+
+
+class ConfigError(HealthError):
+    """The configuration file is unreadable or invalid; the message names the key and line."""
+
+    def __init__(self, message: str, *, file: str = "", key: str = "",
+                 line: int | None = None) -> None:
+        where = file
+        if line is not None:
+            where = f"{where}:{line}" if where else f"line {line}"
+        prefix = ": ".join(part for part in (where, key) if part)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.file = file
+        self.key = key
+        self.line = line
+        self.reason = message
+
+
+# ------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS files for the gRPC port (validated to exist when the file is loaded)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """One check from the file: its parameters and the probe built from them."""
+
+    name: str
+    service: str
+    type: str
+    params: Mapping[str, Any]
+    probe: Probe = field(compare=False, repr=False)
+    interval: float = DEFAULT_INTERVAL
+    timeout: float = DEFAULT_TIMEOUT
+    failure_threshold: int = DEFAULT_FAILURE_THRESHOLD
+    success_threshold: int = DEFAULT_SUCCESS_THRESHOLD
+
+    def to_check(self) -> Check:
+        """The ``health.checks.Check`` this entry describes."""
+        return Check(self.name, self.probe, service=self.service, interval=self.interval,
+                     timeout=self.timeout, failure_threshold=self.failure_threshold,
+                     success_threshold=self.success_threshold, threaded=False)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """A service from the file: its initial status (if given) and its checks."""
+
+    name: str
+    status: ServingStatus | None = None
+    checks: tuple[CheckConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    """Everything a config file says; defaults match ``python -m health serve``'s flags."""
+
+    path: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 50051
+    unix: str | None = None
+    admin_port: int | None = None
+    grace: float = 5.0
+    list_limit: int = DEFAULT_LIST_LIMIT
+    metrics: bool = False
+    aggregate: bool = True
+    tls: TlsConfig | None = None
+    services: tuple[ServiceConfig, ...] = ()
+
+    @property
+    def checks(self) -> tuple[CheckConfig, ...]:
+        """Every check of every service, in file order."""
+        return tuple(check for service in self.services for check in service.checks)
+
+    def arg_defaults(self) -> dict[str, Any]:
+        """The ``serve`` flags' values from the file, for ``ArgumentParser.set_defaults``."""
+        return {"host": self.host, "port": self.port, "unix": self.unix,
+                "admin_port": self.admin_port, "grace": self.grace,
+                "list_limit": self.list_limit, "metrics": self.metrics,
+                "tls_cert": str(self.tls.cert) if self.tls else None,
+                "tls_key": str(self.tls.key) if self.tls else None,
+                "tls_client_ca": str(self.tls.client_ca) if self.tls and self.tls.client_ca
+                else None,
+                "require_client_cert": bool(self.tls and self.tls.require_client_cert)}
+
+    def initial_statuses(self) -> dict[str, ServingStatus]:
+        """The statuses a ``HealthState`` should start with.
+
+        Services without checks get their ``status``; services the checks manage (and ``""``
+        when aggregated) get their status until the first results: ``status`` or UNKNOWN.
+        """
+        runner = self.check_runner(HealthState())
+        initial = {s.name: s.status for s in self.services if s.status is not None}
+        for name in runner.services():
+            initial[name] = initial.get(name, ServingStatus.UNKNOWN)
+        return initial
+
+    def check_runner(self, state: HealthState) -> CheckRunner:
+        """A ``CheckRunner`` with every check of the file, writing into ``state``."""
+        pending = {s.name: s.status for s in self.services if s.status is not None}
+        return CheckRunner(state, [c.to_check() for c in self.checks],
+                           aggregate=self.aggregate, initial=pending)
+
+
+# ---------------------------------------------------------------------- locating keys
+
+
+def _format_key(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        text = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
+        out += f".{text}" if out else text
+    return out
+
+
+def _single_path(doc: Mapping[str, Any]) -> tuple[str, ...]:
+    """The key path of a document holding one nested key (as parsed from one line)."""
+    keys: list[str] = []
+    node: Any = doc
+    # Bounded by the nesting depth of a one-line document.
+    while isinstance(node, dict) and len(node) == 1:
+        key = next(iter(node))
+        keys.append(key)
+        node = node[key]
+    return tuple(keys)
+
+
+def _split_key(line: str) -> str | None:
+    """The text before the first ``=`` outside quotes, or None if there is none."""
+    quote = ""
+    for i, char in enumerate(line):
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char == "=":
+            return line[:i]
+        elif char == "#":
+            return None
+    return None
+
+
+def _key_lines(text: str) -> dict[KeyPath, int]:
+    """Map each table and key path written in ``text`` to the first line it appears on."""
+    lines: dict[KeyPath, int] = {}
+    arrays: dict[tuple[str, ...], int] = {}
+    table: KeyPath = ()
+
+    def resolve(keys: tuple[str, ...]) -> KeyPath:
+        # Keys below an array of tables belong to its latest element.
+        out: list[str | int] = []
+        for i, key in enumerate(keys):
+            out.append(key)
+            if i < len(keys) - 1 and keys[: i + 1] in arrays:
+                out.append(arrays[keys[: i + 1]])
+        return tuple(out)
+
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            try:
+                keys = _single_path(tomllib.loads(line))
+            except tomllib.TOMLDecodeError:
+                continue  # a line inside a multi-line array, not a header
+            if not keys:
+                continue
+            # "[a.b]" also defines "a" here if nothing earlier did.
+            for i in range(1, len(keys) + 1):
+                lines.setdefault(resolve(keys[:i]), lineno)
+            if line.startswith("[["):
+                arrays[keys] = arrays.get(keys, -1) + 1
+                table = (*resolve(keys), arrays[keys])
+            else:
+                table = resolve(keys)
+            lines.setdefault(table, lineno)
+            continue
+        key_text = _split_key(line)
+        if key_text is None:
+            continue
+        try:
+            keys = _single_path(tomllib.loads(key_text + "= 0"))
+        except tomllib.TOMLDecodeError:
+            continue
+        for i in range(1, len(keys) + 1):
+            lines.setdefault((*table, *keys[:i]), lineno)
+    return lines
+
+
+# ------------------------------------------------------------------------- reading
+
+
+class _Missing:
+    pass
+
+
+_MISSING = _Missing()
+
+
+class _Table:
+    """A TOML table being validated; errors name the key and its line."""
+
+    def __init__(self, loader: _Loader, data: Mapping[str, Any], path: KeyPath) -> None:
+        self.loader = loader
+        self.data = data
+        self.path = path
+        self.used: set[str] = set()
+
+    def error(self, key: str | int | None, message: str) -> ConfigError:
+        """A ConfigError about ``key`` of this table (or the table itself)."""
+        path = self.path if key is None else (*self.path, key)
+        return self.loader.error(path, message)
+
+    def get(self, key: str) -> Any:
+        """The raw value of ``key``, marking it known; _MISSING if absent."""
+        self.used.add(key)
+        return self.data.get(key, _MISSING)
+
+    def string(self, key: str, default: Any = _MISSING) -> Any:
+        """A string value."""
+        value = self.get(key)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise self.error(None, f"missing required key {key!r}")
+            return default
+        if not isinstance(value, str):
+            raise self.error(key, f"must be a string, got {value!r}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        """A boolean value."""
+        value = self.get(key)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, got {value!r}")
+        return value
+
+    def integer(self, key: str, default: Any, low: int, high: int | None = None) -> Any:
+        """An integer within ``low..high``."""
+        value = self.get(key)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise self.error(None, f"missing required key {key!r}")
+            return default
+        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+        if (isinstance(value, bool) or not isinstance(value, int) or value < low
+                or (high is not None and value > high)):
+            raise self.error(key, f"must be an integer {bounds}, got {value!r}")
+        return value
+
+    def number(self, key: str, default: float, *, positive: bool) -> float:
+        """A finite int or float, > 0 or >= 0."""
+        value = self.get(key)
+        if value is _MISSING:
+            return default
+        ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+              and math.isfinite(value) and (value > 0 if positive else value >= 0))
+        if not ok:
+            bound = "> 0" if positive else ">= 0"
+            raise self.error(key, f"must be a number of seconds {bound}, got {value!r}")
+        return float(value)
+
+    def file(self, key: str) -> Path | None:
+        """A path to an existing file, relative to the config file's folder."""
+        value = self.string(key, None)
+        if value is None:
+            return None
+        path = self.loader.resolve(value)
+        if not path.is_file():
+            raise self.error(key, f"file not found: {str(path)!r}")
+        return path
+
+    def table(self, key: str) -> _Table:
+        """A sub-table (empty if absent)."""
+        value = self.get(key)
+        if value is _MISSING:
+            return _Table(self.loader, {}, (*self.path, key))
+        if not isinstance(value, dict):
+            raise self.error(key, f"must be a table, got {value!r}")
+        return _Table(self.loader, value, (*self.path, key))
+
+    def finish(self) -> None:
+        """Reject keys nobody asked for (typos, unsupported options)."""
+        for key in self.data:
+            if key not in self.used:
+                expected = ", ".join(sorted(self.used)) or "none"
+                raise self.error(key, f"unknown key (expected one of: {expected})")
+
+
+class _Loader:
+    def __init__(self, text: str, file: str, base: Path) -> None:
+        self.text = text
+        self.file = file
+        self.base = base
+        self._lines: dict[KeyPath, int] | None = None
+
+    def resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base / path
+
+    def line_of(self, path: KeyPath) -> int | None:
+        """The line where ``path`` (or its nearest written ancestor) appears."""
+        if self._lines is None:
+            self._lines = _key_lines(self.text)
+        for end in range(len(path), 0, -1):
+            line = self._lines.get(path[:end])
+            if line is not None:
+                return line
+        return None
+
+    def error(self, path: KeyPath, message: str) -> ConfigError:
+        return ConfigError(message, file=self.file, key=_format_key(path),
+                           line=self.line_of(path))
+
+    def load(self) -> SidecarConfig:
+        try:
+            data = tomllib.loads(self.text)
+        except tomllib.TOMLDecodeError as exc:
+            match = re.search(r"at line (\d+)", str(exc))
+            message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+            raise ConfigError(f"invalid TOML: {message}", file=self.file,
+                              line=int(match.group(1)) if match else None) from None
+        root = _Table(self, data, ())
+        server = root.table("server")
+        defaults = root.table("check_defaults")
+        services_table = root.table("services")
+        root.finish()
+
+        host = server.string("host", "127.0.0.1")
+        port = server.integer("port", 50051, 0, 65535)
+        unix = server.string("unix", None)
+        admin_port = server.integer("admin_port", None, 0, 65535)
+        grace = server.number("grace", 5.0, positive=False)
+        list_limit = server.integer("list_limit", DEFAULT_LIST_LIMIT, 0)
+        metrics = server.boolean("metrics", False)
+        aggregate = server.boolean("aggregate", True)
+        tls = self._tls(server)
+        server.finish()
+        if metrics and admin_port is None:
+            raise server.error("metrics", "metrics are served on the admin port: set admin_port")
+
+        check_defaults = {
+            "interval": defaults.number("interval", DEFAULT_INTERVAL, positive=True),
+            "timeout": defaults.number("timeout", DEFAULT_TIMEOUT, positive=True),
+            "failure_threshold": defaults.integer("failure_threshold",
+                                                  DEFAULT_FAILURE_THRESHOLD, 1),
+            "success_threshold": defaults.integer("success_threshold",
+                                                  DEFAULT_SUCCESS_THRESHOLD, 1),
+        }
+        defaults.finish()
+
+        services: list[ServiceConfig] = []
+        names: set[str] = set()
+        for name in services_table.data:
+            table = services_table.table(name)
+            services.append(self._service(name, table, check_defaults, names))
+        services_table.finish()
+        return SidecarConfig(
+            path=Path(self.file) if self.file else None, host=host, port=port, unix=unix,
+            admin_port=admin_port, grace=grace, list_limit=list_limit, metrics=metrics,
+            aggregate=aggregate, tls=tls, services=tuple(services))
+
+    def _tls(self, server: _Table) -> TlsConfig | None:
+        cert = server.file("tls_cert")
+        key = server.file("tls_key")
+        client_ca = server.file("tls_client_ca")
+        require = server.boolean("require_client_cert", False)
+        if cert is None and key is None:
+            if client_ca is not None:
+                raise server.error("tls_client_ca", "needs tls_cert and tls_key")
+            if require:
+                raise server.error("require_client_cert", "needs tls_cert and tls_key")
+            return None
+        if cert is None or key is None:
+            present, missing = ("tls_key", "tls_cert") if cert is None else ("tls_cert",
+                                                                            "tls_key")
+            raise server.error(present, f"needs {missing} too")
+        if require and client_ca is None:
+            raise server.error("require_client_cert", "needs tls_client_ca")
+        return TlsConfig(cert, key, client_ca, require)
+
+    def _service(self, name: str, table: _Table, defaults: Mapping[str, Any],
+                 names: set[str]) -> ServiceConfig:
+        status_text = table.get("status")
+        status: ServingStatus | None = None
+        if status_text is not _MISSING:
+            try:
+                if not isinstance(status_text, str):
+                    raise InvalidStatusError(f"must be a status name, got {status_text!r}")
+                status = parse_status(status_text)
+            except InvalidStatusError as exc:
+                raise table.error("status", str(exc)) from None
+            if status is ServingStatus.SERVICE_UNKNOWN:
+                raise table.error("status", "SERVICE_UNKNOWN cannot be set; it is Watch-only")
+        raw_checks = table.get("checks")
+        checks: list[CheckConfig] = []
+        if raw_checks is not _MISSING:
+            if not isinstance(raw_checks, list):
+                raise table.error("checks", "must be an array of tables ([[...checks]])")
+            for index, raw in enumerate(raw_checks):
+                if not isinstance(raw, dict):
+                    raise table.error("checks", f"entry {index} must be a table, got {raw!r}")
+                entry = _Table(self, raw, (*table.path, "checks", index))
+                checks.append(self._check(name, index, entry, defaults, names))
+        table.finish()
+        return ServiceConfig(name, status, tuple(checks))
+
+    def _check(self, service: str, index: int, entry: _Table, defaults: Mapping[str, Any],
+               names: set[str]) -> CheckConfig:
+        kind = entry.string("type")
+        if kind not in CHECK_TYPES:
+            raise entry.error("type", f"unknown check type {kind!r} "
+                                      f"(expected one of: {', '.join(CHECK_TYPES)})")
+        name = entry.string("name", f"{service}/{kind}{index}")
+        if not name:
+            raise entry.error("name", "must not be empty")
+        if name in names:
+            raise entry.error("name", f"duplicate check name {name!r}")
+        names.add(name)
+        interval = entry.number("interval", defaults["interval"], positive=True)
+        timeout = entry.number("timeout", defaults["timeout"], positive=True)
+        failure_threshold = entry.integer("failure_threshold", defaults["failure_threshold"], 1)
+        success_threshold = entry.integer("success_threshold", defaults["success_threshold"], 1)
+        params: dict[str, Any]
+        probe: Probe
+        if kind == "tcp":
+            params = {"host": entry.string("host"), "port": entry.integer("port", _MISSING, 1,
+                                                                          65535)}
+            probe = tcp_check(params["host"], params["port"])
+        elif kind == "http":
+            params, probe = self._http(entry)
+        elif kind == "command":
+            argv = entry.get("argv")
+            if argv is _MISSING:
+                raise entry.error(None, "missing required key 'argv'")
+            if (not isinstance(argv, list) or not argv
+                    or not all(isinstance(a, str) and a for a in argv)):
+                raise entry.error("argv", f"must be a non-empty array of strings, got {argv!r}")
+            cwd = entry.string("cwd", None)
+            if cwd is not None:
+                cwd_path = self.resolve(cwd)
+                if not cwd_path.is_dir():
+                    raise entry.error("cwd", f"not a directory: {str(cwd_path)!r}")
+                cwd = str(cwd_path)
+            params = {"argv": list(argv), "cwd": cwd}
+            probe = command_check(argv, cwd=cwd)
+        else:
+            target = entry.string("target")
+            asked = entry.string("service", "")
+            tls_ca = entry.file("tls_ca")
+            use_tls = entry.boolean("tls", False) or tls_ca is not None
+            context = self._ssl_context(entry, "tls_ca", tls_ca) if use_tls else None
+            params = {"target": target, "service": asked, "tls": use_tls,
+                      "tls_ca": str(tls_ca) if tls_ca else None}
+            probe = grpc_check(target, asked, rpc_timeout=timeout, connect_timeout=timeout,
+                               ssl_context=context)
+        entry.finish()
+        return CheckConfig(name, service, kind, params, probe, interval, timeout,
+                           failure_threshold, success_threshold)
+
+    def _http(self, entry: _Table) -> tuple[dict[str, Any], Probe]:
+        url = entry.string("url")
+        raw_expect = entry.get("expect_status")
+        expect = (200, 399)
+        if raw_expect is not _MISSING:
+            if isinstance(raw_expect, int) and not isinstance(raw_expect, bool):
+                expect = (raw_expect, raw_expect)
+            elif (isinstance(raw_expect, list) and len(raw_expect) == 2
+                  and all(isinstance(v, int) and not isinstance(v, bool) for v in raw_expect)):
+                expect = (raw_expect[0], raw_expect[1])
+            else:
+                raise entry.error("expect_status", "must be a status code or [low, high], "
+                                                   f"got {raw_expect!r}")
+            if not 100 <= expect[0] <= expect[1] <= 599:
+                raise entry.error("expect_status",
+                                  f"must be a range within 100-599, got {raw_expect!r}")
+        tls_ca = entry.file("tls_ca")
+        no_verify = entry.boolean("tls_no_verify", False)
+        headers_table = entry.table("headers")
+        headers: list[tuple[str, str]] = []
+        for header in headers_table.data:
+            headers.append((header, headers_table.string(header)))
+        headers_table.finish()
+        context: ssl.SSLContext | None = None
+        if url.lower().startswith("https:"):
+            context = self._ssl_context(entry, "tls_ca", tls_ca)
+            if no_verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+        try:
+            probe = http_check(url, expect_status=expect, ssl_context=context, headers=headers)
+        except ValueError as exc:
+            raise entry.error("url", str(exc)) from None
+        params = {"url": url, "expect_status": expect, "tls_ca": str(tls_ca) if tls_ca else None,
+                  "tls_no_verify": no_verify, "headers": dict(headers)}
+        return params, probe
+
+    def _ssl_context(self, entry: _Table, key: str, ca: Path | None) -> ssl.SSLContext:
+        try:
+            return ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+        except (ssl.SSLError, OSError) as exc:
+            raise entry.error(key, f"cannot load CA file: {exc}") from None
+
+
+def parse_config(text: str, *, file: str = "", base: Path | str | None = None) -> SidecarConfig:
+    """Validate TOML ``text``; ``file`` names it in errors, ``base`` anchors relative paths."""
+    if base is None:
+        base = Path(file).parent if file else Path.cwd()
+    return _Loader(text, file, Path(base)).load()
+
+
+def load_config(path: str | Path) -> SidecarConfig:
+    """Read and validate a config file; raise ConfigError naming the key and line if bad."""
+    name = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror or exc}", file=name) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError("not valid UTF-8", file=name, line=line) from None
+    return parse_config(text, file=name, base=Path(path).parent)
+
+
+# ------------------------------------------------------------------------- running
+
+
+class Sidecar:
+    """What a config adds to a running health server: its check runner and its metrics."""
+
+    def __init__(self, config: SidecarConfig | None, state: HealthState, *,
+                 service: HealthService | None = None, metrics: bool = False) -> None:
+        self.config = config if config is not None else SidecarConfig()
+        self.state = state
+        runner = self.config.check_runner(state)
+        #: None when the config has no checks.
+        self.runner: CheckRunner | None = runner if runner.checks else None
+        #: None unless metrics are enabled (by the file or by ``metrics=True``).
+        self.metrics: HealthMetrics | None = None
+        if metrics or self.config.metrics:
+            # Imported only when asked for: prometheus_client is an optional dependency.
+            try:
+                from .metrics import HealthMetrics
+            except ImportError as exc:
+                raise ConfigError(f"metrics need prometheus_client ({exc}); install "
+                                  "trio-grpc-health[metrics]") from None
+            self.metrics = HealthMetrics(state, service=service, runner=self.runner)
+
+    def admin_routes(self) -> dict[str, Route]:
+        """Extra GET routes for ``AdminServer(extra_routes=...)`` (``/metrics`` if enabled)."""
+        if self.metrics is None:
+            return {}
+        return {"/metrics": self.metrics.http_response}
+
+    async def run(self, *, task_status: trio.TaskStatus[Sidecar] = trio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        """Run the checks until cancelled; ``started(self)`` after their first round."""
+        try:
+            if self.runner is None:
+                task_status.started(self)
+                await trio.sleep_forever()
+            else:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.runner.run)
+                    task_status.started(self)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Detach the metrics listeners. Idempotent."""
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+async def run_sidecar(
+    config: SidecarConfig | None,
+    state: HealthState,
+    service: HealthService | None = None,
+    metrics: bool = False,
+    *,
+    task_status: trio.TaskStatus[Sidecar] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a config's checks (and metrics) until cancelled.
+
+    ``sidecar = await nursery.start(run_sidecar, config, state, service, metrics)`` returns
+    once every check has run once; ``sidecar.admin_routes()`` then feeds the admin server.
+    """
+    await Sidecar(config, state, service=service, metrics=metrics).run(task_status=task_status)

@@ -1,0 +1,534 @@
+"""Dependency checks: thresholds, timeouts, aggregation (mock clock), then built-in probes.
+
+The runner tests use ``autojump_clock`` so that intervals and timeouts take no real time, and
+synchronise on the runner's result listener rather than on sleeps. The built-in probes run
+against real loopback servers (a Trio TCP listener, a tiny h11 server, a child Python process
+and our own health server) with the real clock and generous timeouts.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+
+import h11
+import pytest
+import trio
+import trio.testing
+import trustme
+
+from health import HealthState, ServingStatus, serve_health
+from health.checks import (
+    Check,
+    CheckFailed,
+    CheckResult,
+    CheckRunner,
+    command_check,
+    grpc_check,
+    http_check,
+    tcp_check,
+)
+
+SERVING = ServingStatus.SERVING
+NOT_SERVING = ServingStatus.NOT_SERVING
+UNKNOWN = ServingStatus.UNKNOWN
+
+#: For probes against real servers: long enough for a slow CI box, never reached when passing.
+REAL_TIMEOUT = 10.0
+
+
+def scripted(outcomes: Iterable[object]) -> Callable[[], object]:
+    """An async probe that, run after run, passes (True), fails (False) or raises the items."""
+    items = list(outcomes)
+
+    async def probe() -> object:
+        await trio.lowlevel.checkpoint()
+        # Past the script, keep repeating the last outcome.
+        item = items.pop(0) if len(items) > 1 else items[0]
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    return probe
+
+
+@asynccontextmanager
+async def running(runner: CheckRunner) -> AsyncIterator[trio.MemoryReceiveChannel[CheckResult]]:
+    """Start ``runner`` (first round done) and yield a channel of every later result."""
+    send, receive = trio.open_memory_channel[CheckResult](1000)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        # Added only now, with no checkpoint since start() returned: the first round's results
+        # stay out of the channel and no later one can be missed.
+        runner.add_result_listener(send.send_nowait)
+        yield receive
+        nursery.cancel_scope.cancel()
+
+
+async def next_result(results: trio.MemoryReceiveChannel[CheckResult],
+                      name: str) -> CheckResult:
+    """The next result of check ``name`` (results of other checks are skipped)."""
+    for _ in range(100):
+        result = await results.receive()
+        if result.check.name == name:
+            return result
+    raise AssertionError(f"no result for {name!r}")
+
+
+# ------------------------------------------------------------------ Check validation
+
+
+def test_check_validates_its_settings() -> None:
+    async def probe() -> None:
+        pass
+
+    with pytest.raises(ValueError, match="interval"):
+        Check("c", probe, interval=0)
+    with pytest.raises(ValueError, match="timeout"):
+        Check("c", probe, timeout=float("nan"))
+    with pytest.raises(ValueError, match="failure_threshold"):
+        Check("c", probe, failure_threshold=0)
+    with pytest.raises(ValueError, match="name"):
+        Check("", probe)
+    assert Check("c", probe).threaded is False
+    assert Check("c", lambda: None).threaded is True
+
+
+def test_runner_rejects_duplicate_names() -> None:
+    probe = scripted([True])
+    runner = CheckRunner(HealthState(), [Check("c", probe)])
+    with pytest.raises(ValueError, match="duplicate"):
+        runner.add(Check("c", probe))
+
+
+# ---------------------------------------------------------------- runner (mock clock)
+
+
+async def test_thresholds_keep_a_flaky_probe_from_flapping(
+        autojump_clock: trio.testing.MockClock) -> None:
+    state = HealthState()
+    check = Check("db", scripted([True, False, True, False, False, True]), service="svc",
+                  interval=5, failure_threshold=2, success_threshold=1)
+    runner = CheckRunner(state, [check])
+    async with running(runner) as results:
+        # First result decides at once.
+        assert state.get("svc") is SERVING
+        seen = []
+        for _ in range(5):
+            result = await next_result(results, "db")
+            seen.append((result.ok, state.get("svc")))
+    assert seen == [
+        (False, SERVING),      # one failure: below the threshold of 2
+        (True, SERVING),       # streak reset
+        (False, SERVING),
+        (False, NOT_SERVING),  # second failure in a row
+        (True, SERVING),       # one success is enough to come back
+    ]
+
+
+async def test_success_threshold_above_one(autojump_clock: trio.testing.MockClock) -> None:
+    state = HealthState()
+    check = Check("db", scripted([False, True, True]), service="svc", interval=1,
+                  success_threshold=2)
+    async with running(CheckRunner(state, [check])) as results:
+        assert state.get("svc") is NOT_SERVING
+        await next_result(results, "db")
+        assert state.get("svc") is NOT_SERVING
+        await next_result(results, "db")
+        assert state.get("svc") is SERVING
+
+
+async def test_timeout_counts_as_failure(autojump_clock: trio.testing.MockClock) -> None:
+    async def hangs() -> None:
+        await trio.sleep_forever()
+
+    state = HealthState()
+    runner = CheckRunner(state, [Check("slow", hangs, service="svc", timeout=2, interval=10)])
+    async with running(runner):
+        assert state.get("svc") is NOT_SERVING
+        last = runner.records["slow"].last
+        assert last is not None
+        assert not last.ok
+        assert "timed out" in last.reason
+
+
+async def test_raising_counts_as_failure_and_logs_the_reason(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    state = HealthState()
+    probe = scripted([CheckFailed("disk full"), ZeroDivisionError("boom")])
+    runner = CheckRunner(state, [Check("disk", probe, service="svc", interval=1)])
+    with caplog.at_level(logging.WARNING, logger="health.checks"):
+        async with running(runner) as results:
+            assert state.get("svc") is NOT_SERVING
+            record = runner.records["disk"]
+            assert record.last is not None
+            assert record.last.reason == "disk full"
+            second = await next_result(results, "disk")
+    assert second.reason == "ZeroDivisionError: boom"
+    messages = [r.getMessage() for r in caplog.records if r.name == "health.checks"]
+    assert any("disk full" in m for m in messages)
+    assert any("ZeroDivisionError: boom" in m for m in messages)
+
+
+async def test_returning_false_is_a_failure(autojump_clock: trio.testing.MockClock) -> None:
+    state = HealthState()
+    async with running(CheckRunner(state, [Check("c", scripted([False]), service="s")])):
+        assert state.get("s") is NOT_SERVING
+
+
+async def test_several_checks_feed_one_service(autojump_clock: trio.testing.MockClock) -> None:
+    state = HealthState()
+    a = Check("a", scripted([True]), service="svc", interval=1)
+    b = Check("b", scripted([True, False]), service="svc", interval=1, failure_threshold=1)
+    async with running(CheckRunner(state, [a, b])) as results:
+        assert state.get("svc") is SERVING
+        await next_result(results, "b")
+        assert state.get("svc") is NOT_SERVING
+
+
+async def test_empty_name_aggregates_every_check(autojump_clock: trio.testing.MockClock) -> None:
+    state = HealthState()
+    checks = [
+        Check("a", scripted([True]), service="one", interval=1),
+        Check("b", scripted([True, False]), service="two", interval=1, failure_threshold=1),
+    ]
+    async with running(CheckRunner(state, checks)) as results:
+        assert state.snapshot() == {"": SERVING, "one": SERVING, "two": SERVING}
+        await next_result(results, "b")
+        assert state.snapshot() == {"": NOT_SERVING, "one": SERVING, "two": NOT_SERVING}
+
+
+async def test_aggregate_off_leaves_empty_name_alone(
+        autojump_clock: trio.testing.MockClock) -> None:
+    state = HealthState()
+    check = Check("a", scripted([False]), service="one")
+    async with running(CheckRunner(state, [check], aggregate=False)):
+        assert state.snapshot() == {"": SERVING, "one": NOT_SERVING}
+
+
+async def test_checks_on_empty_name_without_aggregate(
+        autojump_clock: trio.testing.MockClock) -> None:
+    state = HealthState()
+    checks = [Check("self", scripted([True]), service=""),
+              Check("other", scripted([False]), service="one")]
+    async with running(CheckRunner(state, checks, aggregate=False)):
+        assert state.snapshot() == {"": SERVING, "one": NOT_SERVING}
+
+
+async def test_status_before_the_first_result(autojump_clock: trio.testing.MockClock) -> None:
+    release = trio.Event()
+
+    async def waits() -> None:
+        await release.wait()
+
+    state = HealthState()
+    runner = CheckRunner(state, [Check("a", waits, service="one", timeout=100),
+                                 Check("b", waits, service="two", timeout=100)],
+                         initial={"two": NOT_SERVING})
+    started = False
+    async with trio.open_nursery() as nursery:
+
+        async def start() -> None:
+            nonlocal started
+            await nursery.start(runner.run)
+            started = True
+
+        nursery.start_soon(start)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not started
+        assert state.snapshot() == {"": UNKNOWN, "one": UNKNOWN, "two": NOT_SERVING}
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert started
+        assert state.snapshot() == {"": SERVING, "one": SERVING, "two": SERVING}
+        nursery.cancel_scope.cancel()
+
+
+async def test_started_after_every_first_result(autojump_clock: trio.testing.MockClock) -> None:
+    async def slow() -> None:
+        await trio.sleep(0.5)
+
+    state = HealthState()
+    runner = CheckRunner(state, [Check("fast", scripted([True]), service="a"),
+                                 Check("slow", slow, service="b")])
+    async with running(runner):
+        assert all(r.last is not None for r in runner.records.values())
+
+
+async def test_manual_status_stands_until_checks_change(
+        autojump_clock: trio.testing.MockClock) -> None:
+    state = HealthState()
+    check = Check("c", scripted([True, True, False, True]), service="svc", interval=1,
+                  failure_threshold=1)
+    async with running(CheckRunner(state, [check])) as results:
+        state.set("svc", NOT_SERVING)  # an operator, through the admin API
+        await next_result(results, "c")  # still passing: nothing written
+        assert state.get("svc") is NOT_SERVING
+        await next_result(results, "c")  # fails: the checks speak again
+        assert state.get("svc") is NOT_SERVING
+        await next_result(results, "c")  # passes again: written
+        assert state.get("svc") is SERVING
+
+
+async def test_run_once_applies_results(autojump_clock: trio.testing.MockClock) -> None:
+    state = HealthState()
+    runner = CheckRunner(state, [Check("c", scripted([False]), service="s")])
+    results = await runner.run_once()
+    assert [r.ok for r in results] == [False]
+    assert state.get("s") is NOT_SERVING
+
+
+async def test_no_checks_starts_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    state = HealthState()
+    async with running(CheckRunner(state)):
+        assert state.snapshot() == {"": SERVING}
+
+
+async def test_a_failing_listener_does_not_stop_the_runner(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    state = HealthState()
+    runner = CheckRunner(state, [Check("c", scripted([True, False]), service="s", interval=1,
+                                       failure_threshold=1)])
+
+    def broken(result: CheckResult) -> None:
+        raise RuntimeError("listener bug")
+
+    runner.add_result_listener(broken)
+    async with running(runner) as results:
+        await next_result(results, "c")
+        assert state.get("s") is NOT_SERVING
+    assert any("listener" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------- sync probes (real threads)
+
+
+async def test_sync_probe_runs_in_a_thread() -> None:
+    trio_thread = threading.get_ident()
+    seen: list[int] = []
+
+    def probe() -> None:
+        seen.append(threading.get_ident())
+
+    def failing() -> None:
+        raise OSError("no route")
+
+    state = HealthState()
+    runner = CheckRunner(state, [Check("ok", probe, service="a", timeout=REAL_TIMEOUT),
+                                 Check("bad", failing, service="b", timeout=REAL_TIMEOUT)])
+    async with running(runner):
+        assert state.get("a") is SERVING
+        assert state.get("b") is NOT_SERVING
+    assert seen and seen[0] != trio_thread
+    last = runner.records["bad"].last
+    assert last is not None
+    assert last.reason == "OSError: no route"
+
+
+async def test_hung_sync_probe_times_out() -> None:
+    release = threading.Event()
+
+    def hangs() -> None:
+        release.wait(REAL_TIMEOUT)
+
+    check = Check("hung", hangs, timeout=0.05)
+    try:
+        result = await check.run_probe()
+    finally:
+        release.set()
+    assert not result.ok
+    assert "timed out" in result.reason
+
+
+# --------------------------------------------------------------- built-in: tcp
+
+
+async def test_tcp_check_passes_when_listening() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+
+        async def handler(stream: trio.SocketStream) -> None:
+            await stream.aclose()
+
+        nursery.start_soon(trio.serve_listeners, handler, listeners)
+        await tcp_check("127.0.0.1", port)()
+        nursery.cancel_scope.cancel()
+
+
+def _free_port() -> int:
+    """A port nothing listens on (bound then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_tcp_check_fails_when_refused() -> None:
+    port = _free_port()
+    with pytest.raises(CheckFailed, match=f"cannot connect to 127.0.0.1:{port}: .*refused"):
+        await tcp_check("127.0.0.1", port)()
+
+
+# --------------------------------------------------------------- built-in: http
+
+
+@asynccontextmanager
+async def http_server(status: int, *, ssl_context: ssl.SSLContext | None = None,
+                      ) -> AsyncIterator[tuple[int, list[h11.Request]]]:
+    """A tiny h11 server answering every request with ``status``; yields (port, requests)."""
+    requests: list[h11.Request] = []
+
+    async def handler(tcp: trio.SocketStream) -> None:
+        stream: trio.abc.Stream = tcp
+        if ssl_context is not None:
+            stream = trio.SSLStream(tcp, ssl_context, server_side=True)
+        conn = h11.Connection(h11.SERVER)
+        try:
+            for _ in range(100):
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(bytes(await stream.receive_some(4096)))
+                    continue
+                if isinstance(event, h11.Request):
+                    requests.append(event)
+                if isinstance(event, h11.EndOfMessage):
+                    # 204 and 304 answers carry no body.
+                    body = b"" if status in (204, 304) else b"hello"
+                    data = conn.send(h11.Response(status_code=status, headers=[
+                        ("content-length", str(len(body)))]))
+                    data = (data or b"") + (conn.send(h11.Data(data=body)) or b"")
+                    data += conn.send(h11.EndOfMessage()) or b""
+                    await stream.send_all(data)
+                    break
+        except (trio.BrokenResourceError, h11.RemoteProtocolError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handler, listeners)
+        yield port, requests
+        nursery.cancel_scope.cancel()
+
+
+async def test_http_check_passes_on_expected_status() -> None:
+    async with http_server(204) as (port, requests):
+        with trio.fail_after(REAL_TIMEOUT):
+            await http_check(f"http://127.0.0.1:{port}/ready?x=1",
+                             headers=[("X-Probe", "yes")])()
+    assert requests[0].method == b"GET"
+    assert requests[0].target == b"/ready?x=1"
+    assert (b"x-probe", b"yes") in list(requests[0].headers)
+    assert (b"host", f"127.0.0.1:{port}".encode()) in list(requests[0].headers)
+
+
+async def test_http_check_fails_on_other_status() -> None:
+    async with http_server(503) as (port, _):
+        with trio.fail_after(REAL_TIMEOUT), pytest.raises(CheckFailed, match="HTTP 503"):
+            await http_check(f"http://127.0.0.1:{port}/")()
+
+
+async def test_http_check_custom_range() -> None:
+    async with http_server(404) as (port, _):
+        with trio.fail_after(REAL_TIMEOUT):
+            await http_check(f"http://127.0.0.1:{port}/", expect_status=(404, 404))()
+
+
+async def test_http_check_refused() -> None:
+    with pytest.raises(CheckFailed, match="cannot connect"):
+        await http_check(f"http://127.0.0.1:{_free_port()}/")()
+
+
+async def test_https_check() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    async with http_server(200, ssl_context=server_context) as (port, requests):
+        with trio.fail_after(REAL_TIMEOUT):
+            await http_check(f"https://localhost:{port}/", ssl_context=client_context)()
+            # Without the CA the certificate is not trusted.
+            with pytest.raises(CheckFailed, match="TLS"):
+                await http_check(f"https://localhost:{port}/")()
+    assert len(requests) == 1
+
+
+def test_http_check_rejects_bad_urls() -> None:
+    with pytest.raises(ValueError, match="scheme"):
+        http_check("ftp://example/")
+    with pytest.raises(ValueError, match="host"):
+        http_check("http:///path")
+
+
+# ------------------------------------------------------------- built-in: command
+
+
+async def test_command_check_exit_status() -> None:
+    with trio.fail_after(REAL_TIMEOUT):
+        await command_check([sys.executable, "-c", "pass"])()
+        with pytest.raises(CheckFailed, match="status 3: oops"):
+            await command_check([sys.executable, "-c",
+                                 "import sys; sys.stderr.write('oops'); raise SystemExit(3)"])()
+
+
+async def test_command_check_missing_program() -> None:
+    with pytest.raises(CheckFailed, match="cannot run"):
+        await command_check(["/nonexistent/program-for-health-test"])()
+
+
+async def test_command_check_timeout_kills_the_process() -> None:
+    check = Check("sleepy", command_check([sys.executable, "-c",
+                                           "import time; time.sleep(60)"]), timeout=0.2)
+    with trio.fail_after(REAL_TIMEOUT):
+        result = await check.run_probe()
+    assert not result.ok
+    assert "timed out" in result.reason
+
+
+# ---------------------------------------------------------------- built-in: grpc
+
+
+async def test_grpc_check_against_our_server() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_health, "127.0.0.1", 0)
+        server.set("up", SERVING)
+        server.set("down", NOT_SERVING)
+        target = f"127.0.0.1:{server.port}"
+        with trio.fail_after(REAL_TIMEOUT):
+            await grpc_check(target)()
+            await grpc_check(target, "up", rpc_timeout=REAL_TIMEOUT)()
+            with pytest.raises(CheckFailed, match="NOT_SERVING"):
+                await grpc_check(target, "down")()
+            with pytest.raises(CheckFailed, match="NOT_FOUND"):
+                await grpc_check(target, "missing")()
+        nursery.cancel_scope.cancel()
+
+
+async def test_grpc_check_no_server() -> None:
+    with trio.fail_after(REAL_TIMEOUT), pytest.raises(CheckFailed, match="UNAVAILABLE"):
+        await grpc_check(f"127.0.0.1:{_free_port()}", connect_timeout=REAL_TIMEOUT)()
+
+
+async def test_runner_with_builtin_checks() -> None:
+    """The runner drives real probes: a gRPC upstream and a failing command."""
+    state = HealthState()
+    async with trio.open_nursery() as nursery:
+        upstream = await nursery.start(serve_health, "127.0.0.1", 0)
+        runner = CheckRunner(state, [
+            Check("upstream", grpc_check(f"127.0.0.1:{upstream.port}"), service="api",
+                  timeout=REAL_TIMEOUT),
+            Check("cmd", command_check([sys.executable, "-c", "raise SystemExit(3)"]),
+                  service="jobs", timeout=REAL_TIMEOUT),
+        ])
+        await nursery.start(runner.run)
+        assert state.snapshot() == {"": NOT_SERVING, "api": SERVING, "jobs": NOT_SERVING}
+        nursery.cancel_scope.cancel()

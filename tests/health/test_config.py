@@ -1,0 +1,333 @@
+"""The sidecar config file: the example loads, bad files name the key and the line, and
+``run_sidecar`` runs the configured checks against loopback servers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from health import HealthState, ServingStatus, serve_health
+from health.config import (
+    ConfigError,
+    SidecarConfig,
+    TlsConfig,
+    load_config,
+    parse_config,
+    run_sidecar,
+)
+
+SERVING = ServingStatus.SERVING
+NOT_SERVING = ServingStatus.NOT_SERVING
+UNKNOWN = ServingStatus.UNKNOWN
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "health.toml"
+REAL_TIMEOUT = 10.0
+
+
+def bad(text: str, tmp_path: Path | None = None) -> ConfigError:
+    """Parse ``text`` expecting a ConfigError, and return it."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, file="health.toml", base=tmp_path)
+    return info.value
+
+
+# ------------------------------------------------------------------ good files
+
+
+def test_example_loads() -> None:
+    config = load_config(EXAMPLE)
+    assert config.port == 50051
+    assert config.admin_port == 8081
+    assert config.metrics is True
+    names = {s.name: s for s in config.services}
+    assert names["example.Static"].status is SERVING
+    assert names["example.Static"].checks == ()
+    assert [c.name for c in config.checks] == ["orders-db", "orders-api", "jobs-queue",
+                                               "upstream-health"]
+    assert {c.type for c in config.checks} == {"tcp", "http", "command", "grpc"}
+    api = config.checks[1]
+    assert api.interval == 5.0
+    assert api.timeout == 2.0  # from [check_defaults]
+    assert api.params["expect_status"] == (200, 299)
+    assert api.params["headers"] == {"Accept": "application/json"}
+    assert config.initial_statuses() == {
+        "example.Static": SERVING,
+        "example.Orders": NOT_SERVING,
+        "example.Jobs": UNKNOWN,
+        "": UNKNOWN,
+    }
+    runner = config.check_runner(HealthState())
+    assert [c.name for c in runner.checks] == [c.name for c in config.checks]
+
+
+def test_empty_file_gives_the_serve_defaults() -> None:
+    config = parse_config("")
+    assert config == SidecarConfig()
+    assert config.arg_defaults() == {"host": "127.0.0.1", "port": 50051, "unix": None,
+                                     "admin_port": None, "grace": 5.0, "list_limit": 100,
+                                     "metrics": False, "tls_cert": None, "tls_key": None,
+                                     "tls_client_ca": None, "require_client_cert": False}
+    assert config.initial_statuses() == {}
+
+
+def test_check_defaults_and_names(tmp_path: Path) -> None:
+    config = parse_config("""
+[check_defaults]
+interval = 3
+failure_threshold = 5
+
+[services.""]
+[[services."".checks]]
+type = "tcp"
+host = "localhost"
+port = 1
+failure_threshold = 1
+""", base=tmp_path)
+    (check,) = config.checks
+    assert check.name == "/tcp0"
+    assert check.service == ""
+    assert (check.interval, check.timeout, check.failure_threshold,
+            check.success_threshold) == (3.0, 1.0, 1, 1)
+    built = check.to_check()
+    assert built.failure_threshold == 1
+    assert built.threaded is False
+
+
+def test_tls_files(tmp_path: Path) -> None:
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    config = parse_config("""
+[server]
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+tls_client_ca = "ca.pem"
+require_client_cert = true
+""", base=tmp_path)
+    assert config.tls == TlsConfig(tmp_path / "cert.pem", tmp_path / "key.pem",
+                                   tmp_path / "ca.pem", True)
+
+
+# ------------------------------------------------------------------- bad files
+
+
+def test_syntax_error_has_the_line() -> None:
+    error = bad('[server]\nport = 50051\nhost = "unterminated\n')
+    assert error.line == 3
+    assert str(error).startswith("health.toml:3: invalid TOML")
+
+
+def test_wrong_type_names_key_and_line() -> None:
+    error = bad('[server]\nhost = "::1"\n\nport = "http"\n')
+    assert (error.line, error.key) == (4, "server.port")
+    assert str(error) == ("health.toml:4: server.port: must be an integer between 0 and "
+                          "65535, got 'http'")
+
+
+def test_unknown_key_is_rejected() -> None:
+    error = bad("[server]\nport = 1\nadmin_prot = 2\n")
+    assert (error.line, error.key) == (3, "server.admin_prot")
+    assert "unknown key" in str(error)
+    assert "admin_port" in str(error)  # the valid keys are listed
+
+
+def test_unknown_top_level_table() -> None:
+    error = bad("[server]\n\n[sevices.a]\nstatus = 'SERVING'\n")
+    assert (error.line, error.key) == (3, "sevices")
+
+
+def test_error_inside_second_check_points_at_its_line() -> None:
+    error = bad("""[services."pkg.A"]
+status = "SERVING"
+
+[[services."pkg.A".checks]]
+type = "tcp"
+host = "db"
+port = 5432
+
+[[services."pkg.A".checks]]
+type = "tcp"
+host = "cache"
+port = 70000
+""")
+    assert error.key == 'services."pkg.A".checks[1].port'
+    assert error.line == 12
+
+
+def test_missing_required_key_points_at_the_table() -> None:
+    error = bad("""[services.a]
+
+[[services.a.checks]]
+type = "http"
+""")
+    assert error.line == 3
+    assert "missing required key 'url'" in str(error)
+
+
+def test_unknown_check_type() -> None:
+    error = bad('[services.a]\nchecks = [{ type = "ping" }]\n')
+    assert error.line == 2  # inside an inline table: the line of the enclosing key
+    assert "unknown check type 'ping'" in str(error)
+    assert "tcp, http, command, grpc" in str(error)
+
+
+def test_bad_status_name() -> None:
+    error = bad('[services.a]\nstatus = "HEALTHY"\n')
+    assert (error.line, error.key) == (2, "services.a.status")
+    error = bad('[services.a]\nstatus = "SERVICE_UNKNOWN"\n')
+    assert "Watch-only" in str(error)
+
+
+def test_duplicate_check_names() -> None:
+    error = bad("""[[services.a.checks]]
+type = "tcp"
+name = "db"
+host = "h"
+port = 1
+
+[[services.b.checks]]
+type = "tcp"
+name = "db"
+host = "h"
+port = 1
+""")
+    assert error.line == 9
+    assert "duplicate check name 'db'" in str(error)
+
+
+def test_bad_numbers() -> None:
+    assert "> 0" in str(bad("[check_defaults]\ninterval = 0\n"))
+    assert bad("[check_defaults]\ntimeout = nan\n").line == 2
+    assert "true or false" in str(bad('[server]\nmetrics = "yes"\n'))
+    assert bad("[server]\nlist_limit = -1\n").key == "server.list_limit"
+    error = bad("[[services.a.checks]]\ntype = 'http'\nurl = 'http://h/'\n"
+                "expect_status = [500, 200]\n")
+    assert (error.line, error.key) == (4, "services.a.checks[0].expect_status")
+
+
+def test_bad_http_url() -> None:
+    error = bad("[[services.a.checks]]\ntype = 'http'\nurl = 'ftp://h/'\n")
+    assert (error.line, error.key) == (3, "services.a.checks[0].url")
+
+
+def test_bad_command_argv() -> None:
+    error = bad("[[services.a.checks]]\ntype = 'command'\nargv = []\n")
+    assert (error.line, error.key) == (3, "services.a.checks[0].argv")
+
+
+def test_missing_tls_file(tmp_path: Path) -> None:
+    error = bad('[server]\ntls_cert = "nope.pem"\ntls_key = "nope.key"\n', tmp_path)
+    assert (error.line, error.key) == (2, "server.tls_cert")
+    assert "file not found" in str(error)
+
+
+def test_tls_pairs(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("x")
+    (tmp_path / "ca.pem").write_text("x")
+    error = bad('[server]\ntls_cert = "cert.pem"\n', tmp_path)
+    assert "needs tls_key" in str(error)
+    error = bad('[server]\nrequire_client_cert = true\n', tmp_path)
+    assert "needs tls_cert" in str(error)
+    error = bad('[server]\ntls_client_ca = "ca.pem"\n', tmp_path)
+    assert "needs tls_cert" in str(error)
+
+
+def test_metrics_need_the_admin_port() -> None:
+    error = bad("[server]\n\nmetrics = true\n")
+    assert (error.line, error.key) == (3, "server.metrics")
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b"[server]\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match="UTF-8") as info:
+        load_config(path)
+    assert info.value.line == 2
+
+
+def test_load_config_resolves_paths_next_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "c.pem").write_text("x")
+    (tmp_path / "certs" / "k.pem").write_text("x")
+    path = tmp_path / "health.toml"
+    path.write_text('[server]\ntls_cert = "certs/c.pem"\ntls_key = "certs/k.pem"\n')
+    config = load_config(path)
+    assert config.tls is not None
+    assert config.tls.cert == tmp_path / "certs" / "c.pem"
+    assert config.path == path
+
+
+# ----------------------------------------------------------------- run_sidecar
+
+
+async def test_run_sidecar_runs_the_checks() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    db_port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+
+        async def handler(stream: trio.SocketStream) -> None:
+            await stream.aclose()
+
+        nursery.start_soon(trio.serve_listeners, handler, listeners)
+        upstream = await nursery.start(serve_health, "127.0.0.1", 0)
+        upstream.set("up", NOT_SERVING)
+        config = parse_config(f"""
+[server]
+admin_port = 0
+metrics = true
+
+[services.static]
+status = "SERVING"
+
+[[services.db.checks]]
+type = "tcp"
+host = "127.0.0.1"
+port = {db_port}
+timeout = {REAL_TIMEOUT}
+
+[[services.jobs.checks]]
+type = "command"
+argv = [{sys.executable!r}, "-c", "raise SystemExit(3)"]
+timeout = {REAL_TIMEOUT}
+
+[[services.up.checks]]
+type = "grpc"
+target = "127.0.0.1:{upstream.port}"
+service = "up"
+timeout = {REAL_TIMEOUT}
+""")
+        state = HealthState(config.initial_statuses())
+        assert state.snapshot() == {"": UNKNOWN, "static": SERVING, "db": UNKNOWN,
+                                    "jobs": UNKNOWN, "up": UNKNOWN}
+        sidecar = await nursery.start(run_sidecar, config, state)
+        assert state.snapshot() == {"": NOT_SERVING, "static": SERVING, "db": SERVING,
+                                    "jobs": NOT_SERVING, "up": NOT_SERVING}
+        routes = sidecar.admin_routes()
+        status, _, body = routes["/metrics"]()
+        assert status == 200
+        assert b'grpc_health_check_healthy{check="db/tcp0",service="db"} 1.0' in body
+        nursery.cancel_scope.cancel()
+
+
+async def test_run_sidecar_without_checks_or_metrics(
+        autojump_clock: trio.testing.MockClock) -> None:
+    state = HealthState()
+    async with trio.open_nursery() as nursery:
+        sidecar = await nursery.start(run_sidecar, None, state)
+        assert sidecar.runner is None
+        assert sidecar.admin_routes() == {}
+        assert state.snapshot() == {"": SERVING}
+        nursery.cancel_scope.cancel()
+
+
+async def test_run_sidecar_metrics_flag(autojump_clock: trio.testing.MockClock) -> None:
+    state = HealthState()
+    async with trio.open_nursery() as nursery:
+        sidecar = await nursery.start(run_sidecar, None, state, None, True)
+        assert set(sidecar.admin_routes()) == {"/metrics"}
+        nursery.cancel_scope.cancel()
