@@ -23,7 +23,9 @@ calls in flight run to completion.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import collections
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import h2.config
@@ -31,9 +33,10 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
 import h2.stream
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import Frame, GoAwayFrame
 
 from .compression import ACCEPT_ENCODING, SUPPORTED_ENCODINGS, compress, parse_accept_encoding
 from .errors import ProtocolError, RpcError
@@ -84,6 +87,61 @@ class ServerConfig:
     connection_window_increment: int = 4 * 1024 * 1024 - 65535
     #: SETTINGS_MAX_FRAME_SIZE we accept.
     max_frame_size: int = 16384
+
+    # Abuse limits: past any of them the connection gets GOAWAY(ENHANCE_YOUR_CALM) and closes.
+    # Each counts events in a sliding window of ``abuse_window`` seconds.
+    #: Client RST_STREAMs (CVE-2023-44487 "rapid reset").
+    max_client_resets: int = 200
+    #: SETTINGS frames from the client.
+    max_settings_frames: int = 100
+    #: DATA frames that carry nothing and do not end the stream.
+    max_empty_data_frames: int = 1000
+    abuse_window: float = 10.0
+    #: gRPC's keepalive enforcement: a PING sooner than this after the previous one is a
+    #: "strike" (unless we sent HEADERS or DATA in between); more than ``max_ping_strikes``
+    #: strikes -> GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings").
+    min_ping_interval: float = 10.0
+    max_ping_strikes: int = 2
+    #: Time source for the windows above (seconds, monotonic).
+    clock: Callable[[], float] = time.monotonic
+
+
+class _Rate:
+    """Counts events in a sliding window; memory bounded by the limit."""
+
+    __slots__ = ("_clock", "_hits", "_limit", "_window")
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
+        self._limit = limit
+        self._window = window
+        self._clock = clock
+        self._hits: collections.deque[float] = collections.deque(maxlen=limit + 1)
+
+    def exceeded(self) -> bool:
+        """Record one event; True when more than ``limit`` fell inside the window."""
+        now = self._clock()
+        hits = self._hits
+        hits.append(now)
+        return len(hits) > self._limit and now - hits[0] <= self._window
+
+
+class _BoundedFrameBuffer(h2.frame_buffer.FrameBuffer):
+    """h2's frame buffer with a byte cap on a header block still being assembled.
+
+    h2 alone accepts up to 64 CONTINUATION frames of up to 16 KiB each (1 MiB) before it
+    decodes anything; CVE-2024-27316-style floods are cut off here at the hard header limit.
+    """
+
+    header_block_limit = 64 * 1024
+
+    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        out = super()._update_header_buffer(f)
+        pending = self._headers_buffer
+        if pending and sum(len(x.data) for x in pending) > self.header_block_limit:
+            raise h2.exceptions.DenialOfServiceError(
+                f"header block larger than {self.header_block_limit} bytes"
+            )
+        return out
 
 
 class _LocalSettings(h2.settings.Settings):
@@ -140,6 +198,10 @@ class ServerConnection:
         )
         conn = _H2ServerConnection(config=h2_config)
         conn.header_hard_limit = config.header_list_hard_limit
+        frames = _BoundedFrameBuffer(server=True)
+        frames.max_frame_size = conn.incoming_buffer.max_frame_size
+        frames.header_block_limit = config.header_list_hard_limit
+        conn.incoming_buffer = frames
         conn.local_settings = _LocalSettings(
             client=False,
             initial_values={
@@ -160,6 +222,12 @@ class ServerConnection:
         self._extra = bytearray()  # frames we write ourselves (graceful GOAWAY)
         self._drain_last_stream_id: int | None = None
         self._closed = False
+        clock = config.clock
+        self._resets = _Rate(config.max_client_resets, config.abuse_window, clock)
+        self._settings = _Rate(config.max_settings_frames, config.abuse_window, clock)
+        self._empty_data = _Rate(config.max_empty_data_frames, config.abuse_window, clock)
+        self._last_ping: float | None = None
+        self._ping_strikes = 0
 
     # ------------------------------------------------------------------ inspection
 
@@ -217,11 +285,17 @@ class ServerConnection:
                 else:
                     self._flush_all()
             elif isinstance(ev, h2.events.StreamReset):
+                if ev.remote_reset and self._resets.exceeded():
+                    self._calm_down("too many stream resets", events)
                 if self._calls.pop(ev.stream_id, None) is not None:
                     events.append(StreamReset(ev.stream_id, int(ev.error_code or 0)))
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                if self._settings.exceeded():
+                    self._calm_down("too many SETTINGS frames", events)
                 if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
                     self._flush_all()
+            elif isinstance(ev, h2.events.PingReceived):
+                self._on_ping()
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 events.append(
                     ConnectionTerminated(
@@ -229,6 +303,21 @@ class ServerConnection:
                     )
                 )
         return events
+
+    def _calm_down(self, why: str, events: list[Event]) -> None:
+        """End an abusive connection: GOAWAY(ENHANCE_YOUR_CALM) and a ProtocolError."""
+        self.close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, why)
+        raise ProtocolError(why, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def _on_ping(self) -> None:
+        now = self.config.clock()
+        last, self._last_ping = self._last_ping, now
+        if last is not None and now - last < self.config.min_ping_interval:
+            self._ping_strikes += 1
+            if self._ping_strikes > self.config.max_ping_strikes:
+                # The debug data grpc-go sends, which gRPC clients recognize to back off.
+                self.close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "too_many_pings")
+                raise ProtocolError("too many pings", h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
 
     def _on_request(self, ev: h2.events.RequestReceived, events: list[Event]) -> None:
         sid = ev.stream_id
@@ -335,6 +424,8 @@ class ServerConnection:
             # The decoder bounds what it holds (one message up to the receive limit), so the
             # window can be reopened as soon as bytes are handed to it.
             self._h2.acknowledge_received_data(length, sid)
+        if not length and not ev.stream_ended and self._empty_data.exceeded():
+            self._calm_down("too many empty DATA frames", events)
         if call is None or ev.data is None:
             return
         try:
@@ -400,6 +491,7 @@ class ServerConnection:
         headers.extend(to_headers(metadata))
         self._h2.send_headers(stream_id, headers)
         call.headers_sent = True
+        self._ping_strikes = 0
 
     def set_send_encoding(self, stream_id: int, encoding: str | None) -> None:
         """Choose the response encoding before headers go out; the client must accept it."""
@@ -424,6 +516,7 @@ class ServerConnection:
         else:
             data = encode_message(payload)
         call.pending += data
+        self._ping_strikes = 0
         self._flush(stream_id)
         return True
 

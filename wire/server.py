@@ -69,6 +69,10 @@ class ServerOptions:
     read_size: int = 64 * 1024
     #: Connections served at once; more are sent GOAWAY(ENHANCE_YOUR_CALM) and closed.
     max_connections: int = 10_000
+    #: While this many bytes wait to be written, stop reading the connection: a peer that
+    #: floods us with frames needing replies (PING, SETTINGS) but does not read them gets its
+    #: own input throttled instead of growing our output buffer.
+    max_write_backlog: int = 1024 * 1024
 
 
 @dataclass(frozen=True, eq=False)
@@ -470,6 +474,8 @@ class Server:
             state.transport.wake()
             if (conn.draining or state.peer_gone_away) and not state.calls:
                 return
+            if state.transport.backlog > opts.max_write_backlog:
+                await state.transport.flushed()
 
     def _dispatch(self, ev: Any, state: _ConnectionState, nursery: trio.Nursery) -> None:
         conn = state.conn

@@ -33,6 +33,8 @@ class Transport:
         self._idle = trio.Event()
         self._idle.set()
         self._broken: BaseException | None = None
+        #: Bytes handed to the stream and not yet accepted by it.
+        self.backlog = 0
 
     @property
     def broken(self) -> BaseException | None:
@@ -60,8 +62,10 @@ class Transport:
                 self._wakeup = trio.Event()
                 data = self._outbox.data_to_send()
                 while data:
+                    self.backlog = len(data)
                     with trio.move_on_after(self._write_timeout) as scope:
                         await self._stream.send_all(data)
+                    self.backlog = 0
                     if scope.cancelled_caught:
                         raise TimeoutError(
                             f"no write progress for {self._write_timeout} s; peer not reading"
