@@ -2,9 +2,18 @@
 
 Layers: a sans-I/O core (``status``, ``errors``, ``framing``, ``compression``, ``timeout``,
 ``metadata``, ``events``, ``connection``) that never imports Trio, and a Trio layer
-(``transport``, ``server``) around it.
+(``transport``, ``server``, ``client``) around it; ``client_connection`` is the sans-I/O client.
 """
 
+from .client import (
+    Channel,
+    ConnectError,
+    ResponseStream,
+    UnaryResponse,
+    open_channel,
+    parse_target,
+)
+from .client_connection import ClientConfig, ClientConnection
 from .connection import ServerConfig, ServerConnection
 from .errors import ProtocolError, RpcError, WireError
 from .handlers import MethodHandler, MethodKind, unary_stream, unary_unary
@@ -15,11 +24,16 @@ from .status import StatusCode
 __version__ = "0.1.0"
 
 __all__ = [
+    "Channel",
+    "ClientConfig",
+    "ClientConnection",
+    "ConnectError",
     "ConnectionInfo",
     "Metadata",
     "MethodHandler",
     "MethodKind",
     "ProtocolError",
+    "ResponseStream",
     "RpcError",
     "Server",
     "ServerCall",
@@ -27,8 +41,11 @@ __all__ = [
     "ServerConnection",
     "ServerOptions",
     "StatusCode",
+    "UnaryResponse",
     "WireError",
     "__version__",
+    "open_channel",
+    "parse_target",
     "unary_stream",
     "unary_unary",
 ]

@@ -1,0 +1,129 @@
+"""The client of the ``grpc.health.v1.Health`` service: Check, List and Watch over a channel.
+
+``HealthClient`` turns the three RPCs into Python values: a ``ServingStatus`` for Check, a
+``dict`` for List, an async iterator of ``ServingStatus`` for Watch. Failures stay
+``wire.RpcError`` with the server's code (NOT_FOUND for an unknown service on Check,
+UNIMPLEMENTED when the server has no health service or no List, DEADLINE_EXCEEDED, ...), so
+callers such as the probe can tell them apart. A status number this client does not know (a
+newer server) is reported as UNKNOWN rather than failing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from google.protobuf.message import DecodeError
+
+from wire import Channel, ResponseStream, RpcError, StatusCode
+from wire.metadata import MetadataLike
+
+from ._health_pb2 import (
+    HealthCheckRequest,
+    HealthCheckResponse,
+    HealthListRequest,
+    HealthListResponse,
+)
+from .status import ServingStatus
+
+__all__ = ["CHECK_PATH", "LIST_PATH", "WATCH_PATH", "HealthClient", "HealthWatchStream"]
+
+_SERVICE = "grpc.health.v1.Health"
+CHECK_PATH = f"/{_SERVICE}/Check"
+LIST_PATH = f"/{_SERVICE}/List"
+WATCH_PATH = f"/{_SERVICE}/Watch"
+
+
+def _to_status(number: int) -> ServingStatus:
+    try:
+        return ServingStatus(number)
+    except ValueError:
+        # proto3 enums are open: a newer server may send a value we do not know.
+        return ServingStatus.UNKNOWN
+
+
+def _parse_response(data: bytes) -> ServingStatus:
+    resp = HealthCheckResponse()
+    try:
+        resp.ParseFromString(data)
+    except DecodeError as exc:
+        raise RpcError(StatusCode.INTERNAL, f"cannot parse HealthCheckResponse: {exc}") from None
+    return _to_status(int(resp.status))
+
+
+def _check_request(service: str) -> bytes:
+    return HealthCheckRequest(service=service).SerializeToString()
+
+
+class HealthWatchStream:
+    """The statuses a Watch call delivers, as an async iterator of ``ServingStatus``."""
+
+    def __init__(self, stream: ResponseStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> HealthWatchStream:
+        return self
+
+    async def __anext__(self) -> ServingStatus:
+        return _parse_response(await self._stream.__anext__())
+
+    @property
+    def code(self) -> StatusCode | None:
+        """The call's final status code once the stream has ended (None before)."""
+        return self._stream.code
+
+    def cancel(self) -> None:
+        """End the Watch call now (RST_STREAM CANCEL)."""
+        self._stream.cancel()
+
+
+class HealthClient:
+    """Calls the Health service of the server behind ``channel``."""
+
+    def __init__(self, channel: Channel, *, metadata: MetadataLike = (),
+                 compression: str | None = None) -> None:
+        self.channel = channel
+        self.metadata = tuple(metadata)
+        self.compression = compression
+
+    async def check(
+        self,
+        service: str = "",
+        *,
+        timeout: float | None = None,  # sent to the server as grpc-timeout
+    ) -> ServingStatus:
+        """Ask for ``service``'s status once (``""`` is the whole server)."""
+        result = await self.channel.unary_unary(
+            CHECK_PATH, _check_request(service), timeout=timeout, metadata=self.metadata,
+            compression=self.compression)
+        return _parse_response(result.response)
+
+    async def list(
+        self,
+        *,
+        timeout: float | None = None,  # sent to the server as grpc-timeout
+    ) -> dict[str, ServingStatus]:
+        """Every service the server knows, with its status (gRFC A90 ``List``)."""
+        result = await self.channel.unary_unary(
+            LIST_PATH, HealthListRequest().SerializeToString(), timeout=timeout,
+            metadata=self.metadata, compression=self.compression)
+        resp = HealthListResponse()
+        try:
+            resp.ParseFromString(result.response)
+        except DecodeError as exc:
+            raise RpcError(StatusCode.INTERNAL,
+                           f"cannot parse HealthListResponse: {exc}") from None
+        return {name: _to_status(int(entry.status)) for name, entry in resp.statuses.items()}
+
+    @asynccontextmanager
+    async def watch(self, service: str = "") -> AsyncIterator[HealthWatchStream]:
+        """Open a Watch on ``service``; iterate the yielded stream for each status change.
+
+        The iteration raises ``RpcError`` when the call fails and stops when the server ends
+        it with OK; leaving the block cancels the call.
+        """
+        async with self.channel.unary_stream(
+            WATCH_PATH, _check_request(service), metadata=self.metadata,
+            compression=self.compression,
+        ) as stream:
+            yield HealthWatchStream(stream)

@@ -1,0 +1,226 @@
+"""Tests of the gRFC A17 health watcher, on Trio's MockClock: no real sleeps, exact timings.
+
+Backends are in-memory servers (``tests.health.memnet``) that can go away and come back.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from health.status import ServingStatus
+from health.watch import Backoff, HealthReport, HealthWatcher, _BackoffState
+from wire import Server
+
+from .memnet import HealthBackend, MemoryBackend, channel_to
+
+
+class LowJitter(random.Random):
+    """A random source whose ``uniform`` always returns the low end: jitter of -20 %."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
+class NoJitter(random.Random):
+    """A random source whose ``uniform`` returns the middle: no jitter at all."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return (a + b) / 2
+
+
+# ---------------------------------------------------------------------- backoff
+
+
+def test_backoff_series_without_jitter() -> None:
+    state = _BackoffState(Backoff(), NoJitter())
+    delays = [state.next_delay() for _ in range(14)]
+    expected = [1.0]
+    for _ in range(13):
+        expected.append(min(expected[-1] * 1.6, 120.0))
+    assert delays == pytest.approx(expected)
+    assert delays[-1] == 120.0
+
+
+def test_backoff_jitter_bounds_and_reset() -> None:
+    state = _BackoffState(Backoff(), random.Random(1234))
+    current = 1.0
+    assert state.next_delay() == 1.0  # the first retry is not jittered
+    for _ in range(20):
+        current = min(current * 1.6, 120.0)
+        delay = state.next_delay()
+        assert current * 0.8 <= delay <= current * 1.2
+    state.reset()
+    assert state.next_delay() == 1.0
+
+
+def test_backoff_is_deterministic_with_a_seeded_random() -> None:
+    a = _BackoffState(Backoff(), random.Random(7))
+    b = _BackoffState(Backoff(), random.Random(7))
+    assert [a.next_delay() for _ in range(10)] == [b.next_delay() for _ in range(10)]
+
+
+def test_backoff_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        Backoff(multiplier=0.5)
+    with pytest.raises(ValueError):
+        Backoff(jitter=1.5)
+
+
+# ---------------------------------------------------------------------- watching
+
+
+async def wait_for(watcher: HealthWatcher, healthy: bool) -> HealthReport:
+    """Wait (bounded by MockClock time) until the watcher reports ``healthy``."""
+    with trio.fail_after(600):
+        while watcher.healthy is not healthy:  # bounded by the fail_after above
+            await watcher.wait_changed(watcher.version)
+    return watcher.report
+
+
+async def test_reports_follow_serving_status(autojump_clock: trio.testing.MockClock) -> None:
+    reports: list[HealthReport] = []
+    async with trio.open_nursery() as nursery:
+        backend = HealthBackend(nursery, svc=ServingStatus.SERVING)
+        async with channel_to(backend) as channel:
+            watcher = HealthWatcher(channel, "svc", on_change=reports.append)
+            assert not watcher.healthy  # not yet checked
+            nursery.start_soon(watcher.run)
+            await wait_for(watcher, True)
+            backend.set("svc", ServingStatus.NOT_SERVING)
+            report = await wait_for(watcher, False)
+            assert report.status is ServingStatus.NOT_SERVING
+            backend.set("svc", ServingStatus.SERVING)
+            await wait_for(watcher, True)
+            assert watcher.attempts == 1  # one Watch call carried every change
+            assert [r.status for r in reports] == [
+                ServingStatus.SERVING, ServingStatus.NOT_SERVING, ServingStatus.SERVING]
+        # Closing the channel ends the watcher rather than leaving it retrying.
+        with trio.fail_after(10):
+            await wait_for(watcher, False)
+        assert watcher.report.detail == "channel closed"
+        nursery.cancel_scope.cancel()
+
+
+async def test_unknown_service_is_unhealthy_until_registered(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        backend = HealthBackend(nursery)
+        async with channel_to(backend) as channel:
+            watcher = HealthWatcher(channel, "later")
+            nursery.start_soon(watcher.run)
+            with trio.fail_after(10):
+                while watcher.report.status is not ServingStatus.SERVICE_UNKNOWN:
+                    await watcher.wait_changed(watcher.version)
+            assert not watcher.healthy
+            backend.set("later", ServingStatus.SERVING)
+            await wait_for(watcher, True)
+        nursery.cancel_scope.cancel()
+
+
+async def test_unimplemented_means_healthy_and_stops_watching(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        backend = MemoryBackend(Server(), nursery)  # no health service at all
+        async with channel_to(backend) as channel:
+            watcher = HealthWatcher(channel)
+            with trio.fail_after(10):
+                await watcher.run()  # returns instead of retrying
+            assert watcher.healthy
+            assert watcher.report.disabled
+            assert watcher.attempts == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_outage_retries_with_backoff_then_recovers(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        backend = HealthBackend(nursery)
+        async with channel_to(backend) as channel:
+            watcher = HealthWatcher(channel, rng=LowJitter())
+            nursery.start_soon(watcher.run)
+            await wait_for(watcher, True)
+            backend.connects.clear()
+            t0 = trio.current_time()
+            await backend.down()
+            report = await wait_for(watcher, False)
+            assert "UNAVAILABLE" in report.detail
+            # Let five refused attempts happen, then compare their times with the backoff.
+            with trio.fail_after(600):
+                await backend.wait_connects(6)
+            offsets = [t - t0 for t in backend.connects[:6]]
+            # The broken stream had received a message: the first retry is immediate; then
+            # 1 s, and 1.6^n x 0.8 (LowJitter) apart, each measured from the previous start.
+            expected = [0.0]
+            gap = 1.0
+            for i in range(5):
+                expected.append(expected[-1] + gap)
+                gap = 1.6 ** (i + 1) * 0.8
+            assert offsets == pytest.approx(expected)
+            backend.up()
+            await wait_for(watcher, True)
+            assert watcher.report.status is ServingStatus.SERVING
+            # A message arrived, so the backoff starts over: the next outage retries at once
+            # and then after 1 s again.
+            backend.connects.clear()
+            t1 = trio.current_time()
+            await backend.down()
+            with trio.fail_after(600):
+                await backend.wait_connects(2)
+            assert [t - t1 for t in backend.connects[:2]] == pytest.approx([0.0, 1.0])
+        nursery.cancel_scope.cancel()
+
+
+async def test_backoff_caps_at_the_maximum(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        backend = HealthBackend(nursery)
+        backend.is_up = False  # never reachable
+        async with channel_to(backend) as channel:
+            watcher = HealthWatcher(channel, rng=NoJitter(),
+                                    backoff=Backoff(initial=1.0, maximum=10.0))
+            nursery.start_soon(watcher.run)
+            with trio.fail_after(600):
+                await backend.wait_connects(12)
+            gaps = [b - a for a, b in zip(backend.connects, backend.connects[1:], strict=False)]
+            assert gaps[:5] == pytest.approx([1.0, 1.6, 2.56, 4.096, 6.5536])
+            assert gaps[6:11] == pytest.approx([10.0] * 5)
+            assert not watcher.healthy
+            assert "refused" in watcher.report.detail.lower()
+        nursery.cancel_scope.cancel()
+
+
+async def test_server_shutdown_ends_watch_and_watcher_retries(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        first = HealthBackend(nursery)
+        async with channel_to(first) as channel:
+            watcher = HealthWatcher(channel, rng=NoJitter())
+            nursery.start_soon(watcher.run)
+            await wait_for(watcher, True)
+            # Graceful shutdown: NOT_SERVING is pushed, then the Watch ends with UNAVAILABLE.
+            nursery.start_soon(first.health.shutdown, 1.0)
+            report = await wait_for(watcher, False)
+            assert report.status in (ServingStatus.NOT_SERVING, None)
+            connects = len(first.connects)
+            with trio.fail_after(60):
+                await first.wait_connects(connects + 2)  # it keeps trying to get back
+            assert not watcher.healthy
+            assert watcher.attempts >= 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_wait_changed_returns_the_latest_report(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        backend = HealthBackend(nursery, svc=ServingStatus.NOT_SERVING)
+        async with channel_to(backend) as channel:
+            watcher = HealthWatcher(channel, "svc")
+            version = watcher.version
+            nursery.start_soon(watcher.run)
+            report = await watcher.wait_changed(version)
+            assert report.status is ServingStatus.NOT_SERVING
+            assert watcher.version == version + 1
+        nursery.cancel_scope.cancel()
