@@ -3,8 +3,8 @@
 Invariant: feeding the input whole and feeding it one byte at a time end the same way (the same
 RpcError code, or a clean end) and, on a clean end, yield the same messages; when the input ends
 in an error, the messages a whole feed returned are a prefix of the byte-by-byte ones (a feed that
-raises does not also return what it decoded before the error). Only ``RpcError`` may escape. The first
-input byte picks the receive limit and whether gzip is the negotiated encoding.
+raises does not also return what it decoded before the error). Only ``RpcError`` may escape.
+The first input byte picks the receive limit and whether gzip is the negotiated encoding.
 """
 
 from __future__ import annotations

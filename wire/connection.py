@@ -27,6 +27,7 @@ import collections
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -36,7 +37,8 @@ import h2.exceptions
 import h2.frame_buffer
 import h2.settings
 import h2.stream
-from hyperframe.frame import Frame, GoAwayFrame
+import hpack.exceptions
+from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 from .compression import ACCEPT_ENCODING, SUPPORTED_ENCODINGS, compress, parse_accept_encoding
 from .errors import ProtocolError, RpcError
@@ -157,9 +159,58 @@ class _LocalSettings(h2.settings.Settings):
 
 
 class _H2ServerConnection(h2.connection.H2Connection):
-    """H2Connection with our header hard limit kept after the SETTINGS ACK."""
+    """H2Connection with our header hard limit kept after the SETTINGS ACK, and hardened.
+
+    * An HPACK decoding error is a connection error of type COMPRESSION_ERROR (RFC 9113
+      section 4.3); h2 reports it as PROTOCOL_ERROR.
+    * Frames on a closed stream are answered with at most one RST_STREAM(STREAM_CLOSED) per
+      stream, and not at all on a stream we reset ourselves (RFC 9113 sections 5.1 and 5.4.2);
+      h2 answers every such frame, so a client could make us write a frame per frame it sends.
+    """
 
     header_hard_limit = 64 * 1024
+    #: Streams recently reset (by either side), to answer their later frames once at most.
+    _reset_memory = 1024
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config=config)
+        self._receiving = False
+        self._rst_sent: dict[int, None] = {}
+
+    def receive_data(self, data: Any) -> list[h2.events.Event]:
+        self._receiving = True
+        try:
+            return super().receive_data(data)
+        finally:
+            self._receiving = False
+
+    def _receive_headers_frame(
+        self, frame: HeadersFrame
+    ) -> tuple[list[Frame], list[h2.events.Event]]:
+        try:
+            return super()._receive_headers_frame(frame)
+        except h2.exceptions.DenialOfServiceError:
+            raise  # an oversized header list: ENHANCE_YOUR_CALM
+        except h2.exceptions.ProtocolError as exc:
+            if not isinstance(exc.__cause__, hpack.exceptions.HPACKError):
+                raise
+            err = h2.exceptions.ProtocolError(str(exc))
+            err.error_code = h2.errors.ErrorCodes.COMPRESSION_ERROR
+            raise err from exc.__cause__
+
+    def _prepare_for_sending(self, frames: list[Frame]) -> None:
+        kept = []
+        for f in frames:
+            if isinstance(f, RstStreamFrame):
+                sid = f.stream_id
+                if (self._receiving and f.error_code == h2.errors.ErrorCodes.STREAM_CLOSED
+                        and sid in self._rst_sent):
+                    continue  # this stream has had its RST_STREAM already
+                self._rst_sent[sid] = None
+                if len(self._rst_sent) > self._reset_memory:
+                    del self._rst_sent[next(iter(self._rst_sent))]
+            kept.append(f)
+        super()._prepare_for_sending(kept)
 
     def _local_settings_acked(
         self,
@@ -219,7 +270,9 @@ class ServerConnection:
             conn.increment_flow_control_window(config.connection_window_increment)
         self._h2 = conn
         self._calls: dict[int, _Call] = {}
-        self._extra = bytearray()  # frames we write ourselves (graceful GOAWAY)
+        # Output ahead of h2's: frames we write ourselves (graceful GOAWAY), and h2's output
+        # moved here by buffered_output().
+        self._extra = bytearray()
         self._drain_last_stream_id: int | None = None
         self._closed = False
         clock = config.clock
@@ -228,6 +281,7 @@ class ServerConnection:
         self._empty_data = _Rate(config.max_empty_data_frames, config.abuse_window, clock)
         self._last_ping: float | None = None
         self._ping_strikes = 0
+        self._preface_received = False
 
     # ------------------------------------------------------------------ inspection
 
@@ -245,6 +299,21 @@ class ServerConnection:
     def closed(self) -> bool:
         """True once the connection has been closed (by us or by a protocol error)."""
         return self._closed
+
+    @property
+    def preface_received(self) -> bool:
+        """True once the client's connection preface, up to its first SETTINGS, is in."""
+        return self._preface_received
+
+    def buffered_output(self) -> int:
+        """Bytes ready for ``data_to_send()`` that the I/O layer has not taken yet.
+
+        With what the I/O layer is still writing, this is the output waiting on the socket;
+        a peer that stops reading (its flow-control windows wide open, or its requests
+        answered at once) would otherwise make it grow without bound until the write timeout.
+        """
+        self._extra += self._h2.data_to_send()
+        return len(self._extra)
 
     def pending_output(self, stream_id: int) -> int:
         """Bytes of response data queued on ``stream_id`` waiting for flow-control window."""
@@ -270,7 +339,12 @@ class ServerConnection:
         except h2.exceptions.ProtocolError as exc:
             self._closed = True
             code = int(getattr(exc, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR))
-            raise ProtocolError(str(exc) or type(exc).__name__, code) from None
+            message = str(exc) or type(exc).__name__
+            if self._h2.state_machine.state is not h2.connection.ConnectionState.CLOSED:
+                # h2 checks the preface before its frame loop and says nothing about a bad
+                # one; RFC 9113 section 3.4 allows a GOAWAY, which tells a confused peer why.
+                self._h2.close_connection(code, message.encode("utf-8", "replace"))
+            raise ProtocolError(message, code) from None
         events: list[Event] = []
         for ev in h2_events:
             if isinstance(ev, h2.events.DataReceived):
@@ -290,6 +364,7 @@ class ServerConnection:
                 if self._calls.pop(ev.stream_id, None) is not None:
                     events.append(StreamReset(ev.stream_id, int(ev.error_code or 0)))
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                self._preface_received = True
                 if self._settings.exceeded():
                     self._calm_down("too many SETTINGS frames", events)
                 if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
@@ -451,7 +526,8 @@ class ServerConnection:
         events.append(CallAborted(sid, exc.code, exc.message))
 
     def _refuse(self, sid: int, why: str, events: list[Event]) -> None:
-        self._h2.reset_stream(sid, _REFUSED_STREAM)
+        if self._can_send(sid):
+            self._h2.reset_stream(sid, _REFUSED_STREAM)
         events.append(RequestRejected(sid, 0, None, why))
 
     def _reject(
@@ -466,10 +542,23 @@ class ServerConnection:
         headers = [(b":status", str(http_status).encode()), _CONTENT_TYPE, *extra,
                    (b"grpc-status", _STATUS_BYTES[code]),
                    (b"grpc-message", percent_encode(message).encode("ascii"))]
-        self._h2.send_headers(sid, headers, end_stream=True)
-        if not self._h2_stream_remote_closed(sid):
-            self._h2.reset_stream(sid, _NO_ERROR)
+        if self._can_send(sid):
+            self._h2.send_headers(sid, headers, end_stream=True)
+            if not self._h2_stream_remote_closed(sid):
+                self._h2.reset_stream(sid, _NO_ERROR)
         events.append(RequestRejected(sid, http_status, code, message))
+
+    def _can_send(self, sid: int) -> bool:
+        """False once h2 has closed the stream although it may still be a call of ours.
+
+        h2 parses every frame of a read before we see its events, so when we answer an event
+        (refuse or reject a request, abort a call, flush on WINDOW_UPDATE) the client's
+        RST_STREAM from later in the same read may already have closed the stream; h2 then
+        raises on any frame we send. Nothing needs saying on such a stream, and the call is
+        forgotten when its StreamReset event, which follows, is handled.
+        """
+        stream = self._h2.streams.get(sid)
+        return stream is not None and not stream.closed
 
     def _h2_stream_remote_closed(self, sid: int) -> bool:
         stream = self._h2.streams.get(sid)
@@ -482,7 +571,7 @@ class ServerConnection:
     def send_headers(self, stream_id: int, metadata: MetadataLike = ()) -> None:
         """Send the response headers (with initial metadata) unless already sent."""
         call = self._calls.get(stream_id)
-        if call is None or call.headers_sent:
+        if call is None or call.headers_sent or not self._can_send(stream_id):
             return
         headers = [_STATUS_200, _CONTENT_TYPE]
         if call.send_encoding is not None:
@@ -538,6 +627,9 @@ class ServerConnection:
         """
         call = self._calls.get(stream_id)
         if call is None or call.trailers is not None:
+            return False
+        if not self._can_send(stream_id):
+            del self._calls[stream_id]
             return False
         call.reset_code = reset_code
         trailers = [(b"grpc-status", _STATUS_BYTES[StatusCode(code)])]
@@ -612,6 +704,8 @@ class ServerConnection:
         call = self._calls.get(sid)
         if call is None:
             return
+        if not self._can_send(sid):
+            return  # reset later in the read being processed; its StreamReset event follows
         pending = call.pending
         h2conn = self._h2
         while pending:

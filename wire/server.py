@@ -176,12 +176,19 @@ class ServerCall:
             # The stream is gone (reset, or aborted by the connection): stop the handler.
             await trio.lowlevel.checkpoint()
             raise RpcError(StatusCode.CANCELLED, "call was cancelled")
-        self._transport.wake()
-        high = self._state.options.stream_high_water
+        transport = self._transport
+        transport.wake()
+        options = self._state.options
+        high = options.stream_high_water
         while conn.pending_output(sid) > high:
             self._send_wakeup = event = trio.Event()
             self._state.blocked[sid] = self
             await event.wait()
+        # Past flow control, output waits on the socket: a peer that opened its windows and
+        # stopped reading must not make us buffer without bound until the write timeout.
+        while (transport.broken is None
+               and transport.backlog + conn.buffered_output() > options.max_write_backlog):
+            await transport.flushed()
         await trio.lowlevel.checkpoint()
 
     def _wake_sender(self) -> None:
@@ -348,7 +355,17 @@ class Server:
             if len(self._connections) >= self.options.max_connections:
                 nursery.start_soon(self._turn_away, stream)
                 continue
-            nursery.start_soon(self.serve_stream, stream)
+            nursery.start_soon(self._serve_accepted, stream)
+
+    async def _serve_accepted(self, stream: trio.abc.Stream) -> None:
+        """``serve_stream`` for the accept loop: one connection's failure stays its own."""
+        peer = _describe(stream, peer=True)
+        try:
+            await self.serve_stream(stream)
+        except Exception:
+            # A bug reached by one peer's bytes must not end every other connection (they
+            # share the listener's nursery); serve_stream has closed the stream already.
+            logger.exception("connection from %s failed", peer)
 
     async def _turn_away(self, stream: trio.abc.Stream) -> None:
         """Refuse a connection over the limit politely: SETTINGS and GOAWAY, then close."""
@@ -432,19 +449,26 @@ class Server:
                          nursery: trio.Nursery) -> None:
         conn = state.conn
         opts = self.options
-        first = True
+        # The whole preface (magic and SETTINGS) must be in by then, however it is dripped.
+        preface_deadline = trio.current_time() + opts.preface_timeout
         while True:
-            idle = not state.calls
-            timeout = opts.preface_timeout if first else (opts.idle_timeout if idle else math.inf)
-            with trio.move_on_after(timeout) as scope:
+            preface = not conn.preface_received
+            if preface:
+                deadline = preface_deadline
+            elif not state.calls:
+                deadline = trio.current_time() + opts.idle_timeout
+            else:
+                deadline = math.inf
+            with trio.move_on_at(deadline) as scope:
                 state.receive_scope = scope
                 try:
                     data = await stream.receive_some(opts.read_size)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
             if scope.cancelled_caught:
-                if first:
-                    logger.debug("%s: no HTTP/2 preface within %s s", state.info.peer, timeout)
+                if preface:
+                    logger.debug("%s: no HTTP/2 preface within %s s", state.info.peer,
+                                 opts.preface_timeout)
                     conn.close(h2.errors.ErrorCodes.PROTOCOL_ERROR, "preface timeout")
                 else:
                     conn.close(h2.errors.ErrorCodes.NO_ERROR, "idle timeout")
@@ -455,7 +479,6 @@ class Server:
                 for call in list(state.calls.values()):
                     self._cancel_call(state, call)
                 return
-            first = False
             try:
                 events = conn.receive_data(bytes(data))
             except ProtocolError as exc:
@@ -474,7 +497,7 @@ class Server:
             state.transport.wake()
             if (conn.draining or state.peer_gone_away) and not state.calls:
                 return
-            if state.transport.backlog > opts.max_write_backlog:
+            if state.transport.backlog + conn.buffered_output() > opts.max_write_backlog:
                 await state.transport.flushed()
 
     def _dispatch(self, ev: Any, state: _ConnectionState, nursery: trio.Nursery) -> None:
