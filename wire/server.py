@@ -387,21 +387,17 @@ class Server:
         """Serve one already-connected stream until it ends; closes it."""
         peer_cert = None
         if isinstance(stream, trio.SSLStream):
+            # Registered like a connection so that shutdown() can cancel a slow handshake.
+            handshake_scope = trio.CancelScope()
+            self._conn_scopes.add(handshake_scope)
             try:
-                with trio.fail_after(self.options.preface_timeout):
-                    await stream.do_handshake()
-            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                logger.info("%s: TLS handshake failed: %s",
-                            _describe(stream, peer=True), exc.__cause__ or exc)
+                with handshake_scope:
+                    ok, peer_cert = await self._tls_handshake(stream)
+            finally:
+                self._conn_scopes.discard(handshake_scope)
+            if not ok or handshake_scope.cancelled_caught:
                 await trio.aclose_forcefully(stream)
                 return
-            if not negotiated_h2(stream):
-                # gRPC requires HTTP/2 by ALPN; a client that did not ask for h2 cannot speak it.
-                logger.info("%s: refusing TLS client that did not negotiate ALPN h2 (got %r)",
-                            _describe(stream, peer=True), stream.selected_alpn_protocol())
-                await trio.aclose_forcefully(stream)
-                return
-            peer_cert = peer_certificate(stream)
         info = ConnectionInfo(peer=_describe(stream, peer=True),
                               local=_describe(stream, peer=False),
                               tls=isinstance(stream, trio.SSLStream), peer_certificate=peer_cert)
@@ -434,6 +430,23 @@ class Server:
                 self._no_connections.set()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
+
+    async def _tls_handshake(self, stream: trio.SSLStream[Any],
+                             ) -> tuple[bool, dict[str, Any] | None]:
+        """Complete the TLS handshake and insist on ALPN h2; returns (ok, peer certificate)."""
+        try:
+            with trio.fail_after(self.options.preface_timeout):
+                await stream.do_handshake()
+        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            logger.info("%s: TLS handshake failed: %s",
+                        _describe(stream, peer=True), exc.__cause__ or exc)
+            return False, None
+        if not negotiated_h2(stream):
+            # gRPC requires HTTP/2 by ALPN; a client that did not ask for h2 cannot speak it.
+            logger.info("%s: refusing TLS client that did not negotiate ALPN h2 (got %r)",
+                        _describe(stream, peer=True), stream.selected_alpn_protocol())
+            return False, None
+        return True, peer_certificate(stream)
 
     @staticmethod
     async def _run_writer(transport: Transport, scope: trio.CancelScope, *,
