@@ -7,6 +7,7 @@ server and the channel check after the handshake that ``h2`` was really selected
 
 from __future__ import annotations
 
+import os
 import ssl
 from typing import Any
 
@@ -27,10 +28,14 @@ class TLSConfigError(ValueError):
 
 
 def _load_chain(ctx: ssl.SSLContext, cert: str, key: str | None) -> None:
+    for path in (cert, key):
+        # ssl reports a missing file without its name; check first to say which one.
+        if path is not None and not os.path.isfile(path):
+            raise TLSConfigError(f"cannot read certificate or key file {path!r}")
     try:
         ctx.load_cert_chain(cert, key)
     except FileNotFoundError as exc:
-        raise TLSConfigError(f"cannot read certificate or key: {exc.filename}") from None
+        raise TLSConfigError(f"cannot read certificate or key: {exc}") from None
     except (ssl.SSLError, OSError) as exc:
         raise TLSConfigError(f"invalid certificate/key pair {cert!r}, {key!r}: {exc}") from None
 
