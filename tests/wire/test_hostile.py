@@ -566,8 +566,12 @@ async def test_window_update_flood_then_overflow() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert len(raw.record(sid).data) == 2_000
         assert raw.bytes_in - before_in < raw.bytes_out - before_out
-        # A stream window past 2^31-1: stream error FLOW_CONTROL_ERROR (RFC 9113 6.9.1).
-        await raw.send(window_update_frame(sid, MAX_WINDOW), window_update_frame(sid, 1))
+        # A stream window past 2^31-1: stream error FLOW_CONTROL_ERROR (RFC 9113 6.9.1). The
+        # first increment takes the window to exactly 2^31-1, which is allowed, and the server
+        # at once sends as much as the connection window allows. After that an increment of 1
+        # no longer overflows (the window shrank by what was sent), so the second increment is
+        # the maximum again.
+        await raw.send(window_update_frame(sid, MAX_WINDOW), window_update_frame(sid, MAX_WINDOW))
         rec = await raw.wait_closed(sid)
         assert rec.reset_code == FLOW_CONTROL_ERROR
         with trio.fail_after(BOUND):

@@ -270,17 +270,20 @@ async def test_missing_te_is_400(server: Server) -> None:
     assert_trailers_only(rec, StatusCode.INTERNAL, http="400")
 
 
-async def test_te_other_than_trailers_is_a_protocol_error(server: Server) -> None:
-    # RFC 9113 section 8.2.2: "te" with any value but "trailers" makes the request malformed;
-    # h2 treats that as a connection error, so the server ends the connection with GOAWAY.
+async def test_te_other_than_trailers_is_a_stream_protocol_error(server: Server) -> None:
+    # RFC 9113 section 8.2.2: "te" with any value but "trailers" makes the request malformed,
+    # and section 8.1.1: "Malformed requests or responses that are detected MUST be treated as
+    # a stream error (Section 5.4.2) of type PROTOCOL_ERROR": the stream is reset, the
+    # connection lives on.
     headers = [(k, b"gzip" if k == b"te" else v) for k, v in grpc_request_headers(ECHO)]
     async with open_memory_client(server.serve_stream) as client:
         sid = await client.request(ECHO, grpc_frame(b"x"), base=headers)
-        with trio.fail_after(BOUND):
-            await client.eof.wait()
-        rec = client.streams[sid]
+        rec = await client.wait(sid)
+        ok = await unary(client, ECHO)
     assert rec.blocks == []
-    assert [g.error_code for g in client.goaways] == [int(h2.errors.ErrorCodes.PROTOCOL_ERROR)]
+    assert rec.reset_code == int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+    assert not client.goaways or all(g.error_code == NO_ERROR for g in client.goaways)
+    assert_ok(ok, [b"ping"])
 
 
 # ---------------------------------------------------------------------------------- gRPC errors
