@@ -795,9 +795,8 @@ def main(argv: list[str] | None = None) -> int:
                     info["description"] = server.description
                     info["verified"] = verify(server, captured, logdir)
                     log(f"{kind}: {info['verified']}")
-                    if args.skip_check:
-                        continue
-                    for c, m in POINTS:
+                    # --skip-check must not skip the Watch part below (a `continue` here did).
+                    for c, m in () if args.skip_check else POINTS:
                         point = f"{c}x{m}"
                         try:
                             h2load_run(server, c, m, args.warmup, body, logdir)

@@ -18,22 +18,27 @@ Semantics (grpc ``doc/health-checking.md`` and gRFC A90):
   never waits on watchers. Clients following gRFC A17 treat that as "retry elsewhere".
 
 Responses for the four statuses are serialized once and reused: a Check costs a dictionary lookup
-and no protobuf encoding.
+and no protobuf encoding. Check and List are sync handlers, which the server runs inline (no task
+per call). Watch is a push stream (``wire.handlers.unary_stream_push``) fed by a
+``HealthState.subscribe`` callback: an idle Watch is a call object, a subscription and a small
+``_WatchStream``, with no Trio task, cancel scope or channel, and a status change is pushed to
+every watcher from the ``set`` call itself.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import trio
 from google.protobuf.message import DecodeError
 
-from wire import MethodHandler, RpcError, Server, ServerCall, StatusCode, unary_stream, unary_unary
+from wire import MethodHandler, RpcError, Server, ServerCall, StatusCode, unary_unary
 from wire.connection import ServerConfig
-from wire.server import ServerOptions
+from wire.handlers import unary_stream_push
+from wire.server import PushCall, ServerOptions
 
 from ._health_pb2 import (
     HealthCheckRequest,
@@ -42,7 +47,7 @@ from ._health_pb2 import (
     HealthListResponse,
 )
 from .errors import ServiceNameError, WatcherLimitError
-from .state import HealthState
+from .state import HealthState, Subscription
 from .status import ServingStatus
 
 __all__ = [
@@ -104,7 +109,7 @@ class HealthService:
         return [
             unary_unary(CHECK_PATH, self._check, _parse_check_request, _identity),
             unary_unary(LIST_PATH, self._list, _parse_list_request, _identity),
-            unary_stream(WATCH_PATH, self._watch, _parse_check_request, _identity),
+            unary_stream_push(WATCH_PATH, self._watch, _parse_check_request, _identity),
         ]
 
     def attach(self, server: Server) -> None:
@@ -121,7 +126,7 @@ class HealthService:
         key = (method, code.name)
         self.call_counts[key] = self.call_counts.get(key, 0) + 1
 
-    async def _check(self, service: str, call: ServerCall) -> bytes:
+    def _check(self, service: str, call: ServerCall) -> bytes:
         status = self.state.get(service)
         if status is None:
             self._count("Check", StatusCode.NOT_FOUND)
@@ -129,7 +134,7 @@ class HealthService:
         self._count("Check", StatusCode.OK)
         return _RESPONSES[status]
 
-    async def _list(self, _request: None, call: ServerCall) -> bytes:
+    def _list(self, _request: None, call: ServerCall) -> bytes:
         snapshot = self.state.snapshot()
         if len(snapshot) > self.list_limit:
             self._count("List", StatusCode.RESOURCE_EXHAUSTED)
@@ -144,23 +149,70 @@ class HealthService:
         self._count("List", StatusCode.OK)
         return resp.SerializeToString()
 
-    async def _watch(self, service: str, call: ServerCall,
-                     send: Callable[[bytes], Awaitable[None]]) -> None:
+    def _watch(self, service: str, call: PushCall) -> None:
+        stream = _WatchStream(self, call)
         try:
-            watcher = self.state.watch(service, owner=call.connection)
+            stream.sub = self.state.subscribe(service, stream.pump, owner=call.connection)
         except WatcherLimitError as exc:
             self._count("Watch", StatusCode.RESOURCE_EXHAUSTED)
             raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         except ServiceNameError as exc:
             self._count("Watch", StatusCode.INVALID_ARGUMENT)
             raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        with watcher:
-            async for status in watcher:
-                await send(_RESPONSES[status])
-        # The iteration ends only when the server drains (end_watches): say so, so that the
-        # client retries elsewhere instead of believing the service vanished.
-        self._count("Watch", StatusCode.UNAVAILABLE)
-        raise RpcError(StatusCode.UNAVAILABLE, "health server is shutting down")
+        call.on_writable(stream.writable)
+        call.on_close(stream.closed)
+        stream.pump()  # the current status, at once
+
+
+class _WatchStream:
+    """One Watch call: moves statuses from its subscription to its push call.
+
+    Latest wins: while the call reports back-pressure (the client is not reading), changes
+    are not sent, only noticed by the subscription; once the stream drains, ``writable``
+    sends whatever is current then, if it differs from what the client last got.
+    """
+
+    __slots__ = ("call", "held", "service", "sub")
+
+    def __init__(self, service: HealthService, call: PushCall) -> None:
+        self.service = service
+        self.call = call
+        self.sub: Subscription | None = None
+        # True after send() reported back-pressure, until on_writable.
+        self.held = False
+
+    def pump(self) -> None:
+        """Send the current status if it is news and the client can take it."""
+        sub = self.sub
+        call = self.call
+        if sub is None or call.closed:
+            return
+        if sub.ending:
+            # Drain (end_watches): the last status (not held back: one message is bounded),
+            # then end the stream so that shutdown never waits on watchers and A17 clients
+            # retry elsewhere instead of believing the service vanished.
+            status = sub.take()
+            if status is not None:
+                call.send(_RESPONSES[status])
+            sub.close()
+            self.service._count("Watch", StatusCode.UNAVAILABLE)
+            call.finish(StatusCode.UNAVAILABLE, "health server is shutting down")
+            return
+        if self.held:
+            return
+        status = sub.take()
+        if status is not None and not call.send(_RESPONSES[status]):
+            self.held = True
+
+    def writable(self) -> None:
+        """The stream drained below high water: send what is current now."""
+        self.held = False
+        self.pump()
+
+    def closed(self) -> None:
+        """The call ended (reset, deadline, connection lost, shutdown): unregister at once."""
+        if self.sub is not None:
+            self.sub.close()
 
 
 class HealthServer:

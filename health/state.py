@@ -17,6 +17,13 @@ which then re-reads the current status. A slow reader therefore skips
 intermediate statuses but always ends on the newest one, memory per watcher
 stays constant however fast statuses change, and ``set`` never waits.
 
+:class:`Subscription` is the same interest without a task: instead of being
+iterated, it calls a plain callback ("look again") synchronously from the
+change, and its owner takes the latest status with :meth:`Subscription.take`.
+The health service's Watch streams use it, so that an idle Watch costs a few
+small objects rather than a Trio task, its cancel scope and a memory channel.
+Watchers and subscriptions share one registry and the same limits.
+
 Everything except the ``*_threadsafe`` methods must run in the Trio thread.
 """
 
@@ -39,6 +46,7 @@ __all__ = [
     "DEFAULT_MAX_WATCHERS_PER_OWNER",
     "HealthState",
     "StatusListener",
+    "Subscription",
     "Watcher",
 ]
 
@@ -190,6 +198,89 @@ class Watcher:
         return f"<Watcher service={self._service!r} owner={self._owner!r} {state}>"
 
 
+class Subscription:
+    """A registered interest in one service's status, delivered through a callback.
+
+    Obtain one from :meth:`HealthState.subscribe`. ``notify()`` is called
+    synchronously, in the Trio thread, whenever there may be something new:
+    after an effective change of the service, and when
+    :meth:`HealthState.end_watches` takes effect. The subscriber then calls
+    :meth:`take` for the status (whenever it is ready for it: a subscriber
+    that is held back simply takes later, and gets the latest status). It is
+    registered until :meth:`close`.
+    """
+
+    # As many as there are Watch streams; slots keep each one small.
+    __slots__ = ("_closed", "_last", "_notify", "_owner", "_service", "_state")
+
+    def __init__(self, state: HealthState, service: str, owner: Hashable | None,
+                 notify: Callable[[], object]) -> None:
+        """Create an unregistered subscription; use HealthState.subscribe() instead."""
+        self._state = state
+        self._service = service
+        self._owner = owner
+        self._notify = notify
+        self._last: ServingStatus | None = None
+        self._closed = False
+
+    @property
+    def service(self) -> str:
+        """The service this subscription follows."""
+        return self._service
+
+    @property
+    def owner(self) -> Hashable | None:
+        """The owner the subscription counts against (e.g. a connection), if any."""
+        return self._owner
+
+    @property
+    def closed(self) -> bool:
+        """Whether the subscription has been unregistered."""
+        return self._closed
+
+    @property
+    def ending(self) -> bool:
+        """Whether :meth:`HealthState.end_watches` is in force: take the last status, close."""
+        return self._state._watches_ended
+
+    def take(self) -> ServingStatus | None:
+        """Return the current status if it differs from the last one taken, else None.
+
+        The first call returns the current status (SERVICE_UNKNOWN for an
+        unknown service). Statuses that came and went between two calls are
+        never seen: latest wins.
+        """
+        if self._closed:
+            return None
+        current = self._state._effective.get(self._service, _SERVICE_UNKNOWN)
+        if current is self._last:
+            return None
+        self._last = current
+        return current
+
+    def close(self) -> None:
+        """Unregister now; ``notify`` is not called again. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._state._unregister(self)
+
+    def _wake(self) -> None:
+        """Tell the subscriber to look again (a failure is logged, not raised to ``set``)."""
+        if self._closed:
+            return
+        try:
+            self._notify()
+        except Exception:
+            logger.exception("health subscription callback %r failed for service %r",
+                             self._notify, self._service)
+
+    def __repr__(self) -> str:
+        """Describe the subscription for debugging."""
+        state = "closed" if self._closed else "open"
+        return f"<Subscription service={self._service!r} owner={self._owner!r} {state}>"
+
+
 class HealthState:
     """The status of every service a health server knows, plus its watchers.
 
@@ -234,7 +325,8 @@ class HealthState:
         self._draining = False
         self._watches_ended = False
 
-        self._watchers: dict[str, set[Watcher]] = {}
+        # Watchers and subscriptions alike, by service.
+        self._watchers: dict[str, set[Watcher | Subscription]] = {}
         self._watcher_total = 0
         self._owner_counts: dict[Hashable, int] = {}
         # Keyed by registration number so one callable can be added twice and
@@ -347,13 +439,15 @@ class HealthState:
     def end_watches(self) -> None:
         """Make every watcher, current or new, stop after delivering the current status.
 
-        A server calls this during graceful shutdown to finish Watch streams
+        Subscriptions are notified and see :attr:`Subscription.ending`. A
+        server calls this during graceful shutdown to finish Watch streams
         cleanly. It stays in force until :meth:`resume`.
         """
         self._check_thread("end_watches")
         self._watches_ended = True
-        for watchers in self._watchers.values():
-            for watcher in watchers:
+        # Copies: a subscription's callback may close it (and others) while we iterate.
+        for watchers in list(self._watchers.values()):
+            for watcher in tuple(watchers):
                 watcher._wake()
 
     def add_listener(self, listener: StatusListener) -> Callable[[], None]:
@@ -381,8 +475,31 @@ class HealthState:
         what ``max_watchers_per_owner`` counts against; None counts only
         towards the total. Raises WatcherLimitError when a limit is reached.
         """
+        self._check_admission(service, owner, "watch")
+        watcher = Watcher(self, service, owner)
+        self._register(watcher)
+        return watcher
+
+    def subscribe(self, service: str, notify: Callable[[], object], *,
+                  owner: Hashable | None = None) -> Subscription:
+        """Register and return a :class:`Subscription` for ``service``.
+
+        ``notify()`` is called (synchronously, in the Trio thread) after each
+        effective change of ``service`` and when :meth:`end_watches` takes
+        effect; it is not called for the current status, which the caller
+        takes with :meth:`Subscription.take` when it is ready. Limits and
+        ``owner`` work as for :meth:`watch` (the two share the counts); raises
+        WatcherLimitError when a limit is reached.
+        """
+        self._check_admission(service, owner, "watch")
+        subscription = Subscription(self, service, owner, notify)
+        self._register(subscription)
+        return subscription
+
+    def _check_admission(self, service: str, owner: Hashable | None, method: str) -> None:
+        """Validate the name and thread, and raise WatcherLimitError at a limit."""
         self._check_name(service)
-        self._check_thread("watch")
+        self._check_thread(method)
         if self._watcher_total >= self._max_watchers:
             raise WatcherLimitError(
                 f"cannot watch {service!r}: {self._watcher_total} watchers already "
@@ -395,15 +512,17 @@ class HealthState:
                     f"cannot watch {service!r}: owner {owner!r} already has {owned} "
                     f"watchers (limit {self._max_per_owner})"
                 )
-        watcher = Watcher(self, service, owner)
-        self._watchers.setdefault(service, set()).add(watcher)
+
+    def _register(self, watcher: Watcher | Subscription) -> None:
+        """Add an admitted watcher or subscription to the registry and the counts."""
+        self._watchers.setdefault(watcher.service, set()).add(watcher)
         self._watcher_total += 1
+        owner = watcher.owner
         if owner is not None:
             self._owner_counts[owner] = self._owner_counts.get(owner, 0) + 1
-        return watcher
 
-    def _unregister(self, watcher: Watcher) -> None:
-        """Drop a watcher from the registry and its counts; called by Watcher.close."""
+    def _unregister(self, watcher: Watcher | Subscription) -> None:
+        """Drop a watcher or subscription from the registry and counts; called by close()."""
         watchers = self._watchers.get(watcher.service)
         if watchers is None or watcher not in watchers:
             return
@@ -535,7 +654,8 @@ class HealthState:
             self._effective[service] = target
         watchers = self._watchers.get(service)
         if watchers:
-            for watcher in watchers:
+            # A copy: a subscription's callback may close subscriptions while we iterate.
+            for watcher in tuple(watchers):
                 watcher._wake()
         if self._listeners:
             self._notify(service, old, target)

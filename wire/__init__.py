@@ -16,9 +16,9 @@ from .client import (
 from .client_connection import ClientConfig, ClientConnection
 from .connection import ServerConfig, ServerConnection
 from .errors import ProtocolError, RpcError, WireError
-from .handlers import MethodHandler, MethodKind, unary_stream, unary_unary
+from .handlers import MethodHandler, MethodKind, unary_stream, unary_stream_push, unary_unary
 from .metadata import Metadata
-from .server import ConnectionInfo, Server, ServerCall, ServerOptions
+from .server import ConnectionInfo, PushCall, Server, ServerCall, ServerOptions
 from .status import StatusCode
 
 __version__ = "0.1.0"
@@ -33,6 +33,7 @@ __all__ = [
     "MethodHandler",
     "MethodKind",
     "ProtocolError",
+    "PushCall",
     "ResponseStream",
     "RpcError",
     "Server",
@@ -47,5 +48,6 @@ __all__ = [
     "open_channel",
     "parse_target",
     "unary_stream",
+    "unary_stream_push",
     "unary_unary",
 ]

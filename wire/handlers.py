@@ -1,26 +1,42 @@
 """How an application describes its methods to the server.
 
-A method is a path (``/package.Service/Method``, case-sensitive) bound to an async handler, a
-request deserializer and a response serializer. Unary methods return their one response; server
-streaming methods get a ``send`` coroutine function and call it once per response message.
+A method is a path (``/package.Service/Method``, case-sensitive) bound to a handler, a request
+deserializer and a response serializer. Four handler shapes exist:
+
+* unary, async: ``async def handler(request, call) -> response``; runs in its own task, under a
+  cancel scope carrying the call's deadline.
+* unary, sync: ``def handler(request, call) -> response``; must not block. The server calls it
+  inline, in the connection's reader, as soon as the request is complete: no task, no cancel
+  scope, no events, which makes cheap methods (a health Check is a dictionary lookup) cheaper.
+* server streaming, async: ``async def handler(request, call, send)``; calls ``await
+  send(response)`` once per message, in its own task.
+* server streaming, push: ``def start(request, call) -> None``; sets the stream up and returns.
+  Messages are pushed later, from anywhere in the Trio thread, with the call's sync methods
+  (``call.send``, ``call.finish``, ``call.on_writable``, ``call.on_close``; see
+  ``wire.server.PushCall``). No task exists per call, so thousands of idle streams (health
+  Watch) cost little memory.
 """
 
 from __future__ import annotations
 
 import enum
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from .server import ServerCall
+    from .server import PushCall, ServerCall
 
 __all__ = [
     "MethodHandler",
     "MethodKind",
+    "PushStart",
     "StreamHandler",
+    "SyncUnaryHandler",
     "UnaryHandler",
     "unary_stream",
+    "unary_stream_push",
     "unary_unary",
 ]
 
@@ -28,14 +44,22 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 UnaryHandler = Callable[[Req, "ServerCall"], Awaitable[Resp]]
+SyncUnaryHandler = Callable[[Req, "ServerCall"], Resp]
 StreamHandler = Callable[[Req, "ServerCall", Callable[[Resp], Awaitable[None]]], Awaitable[None]]
+PushStart = Callable[[Req, "PushCall"], None]
 
 
 class MethodKind(enum.Enum):
-    """The request/response shape of a method."""
+    """The request/response shape of a method, and how its handler runs."""
 
+    #: One request, one response, from an async handler running in its own task.
     UNARY_UNARY = "unary_unary"
+    #: One request, one response, from a sync handler the reader calls inline.
+    UNARY_UNARY_SYNC = "unary_unary_sync"
+    #: One request, a stream of responses, from an async handler running in its own task.
     UNARY_STREAM = "unary_stream"
+    #: One request, a stream of responses pushed through the call's sync methods; no task.
+    UNARY_STREAM_PUSH = "unary_stream_push"
 
 
 @dataclass(frozen=True)
@@ -44,7 +68,7 @@ class MethodHandler(Generic[Req, Resp]):
 
     path: str
     kind: MethodKind
-    handler: Callable[..., Awaitable[Any]]
+    handler: Callable[..., Any]
     request_deserializer: Callable[[bytes], Req]
     response_serializer: Callable[[Resp], bytes]
 
@@ -53,16 +77,40 @@ class MethodHandler(Generic[Req, Resp]):
         if len(parts) != 3 or parts[0] or not parts[1] or not parts[2]:
             raise ValueError(f"method path {self.path!r} must look like /package.Service/Method")
 
+    @property
+    def server_streaming(self) -> bool:
+        """True for methods that send a stream of responses (whatever runs them)."""
+        return self.kind in (MethodKind.UNARY_STREAM, MethodKind.UNARY_STREAM_PUSH)
+
+
+def _is_async(handler: Callable[..., Any]) -> bool:
+    """Whether calling ``handler`` returns a coroutine (functions, partials, callables)."""
+    if inspect.iscoroutinefunction(handler):
+        return True
+    # An instance with ``async def __call__``: inspect looks at the function, not the object.
+    call = getattr(handler, "__call__", None)  # noqa: B004 - the attribute itself is wanted
+    return call is not None and inspect.iscoroutinefunction(call)
+
 
 def unary_unary(
     path: str,
-    handler: UnaryHandler[Req, Resp],
+    handler: UnaryHandler[Req, Resp] | SyncUnaryHandler[Req, Resp],
     request_deserializer: Callable[[bytes], Req],
     response_serializer: Callable[[Resp], bytes],
+    *,
+    sync: bool | None = None,
 ) -> MethodHandler[Req, Resp]:
-    """Describe a method taking one request and returning one response."""
-    return MethodHandler(path, MethodKind.UNARY_UNARY, handler, request_deserializer,
-                         response_serializer)
+    """Describe a method taking one request and returning one response.
+
+    ``handler`` may be an ``async def`` (it runs in a task of its own and may wait) or a plain
+    function that never blocks (it runs inline in the connection's reader, which is cheaper).
+    Which one is detected; ``sync`` overrides the detection (for a callable whose nature
+    ``inspect`` cannot see).
+    """
+    if sync is None:
+        sync = not _is_async(handler)
+    kind = MethodKind.UNARY_UNARY_SYNC if sync else MethodKind.UNARY_UNARY
+    return MethodHandler(path, kind, handler, request_deserializer, response_serializer)
 
 
 def unary_stream(
@@ -73,4 +121,21 @@ def unary_stream(
 ) -> MethodHandler[Req, Resp]:
     """Describe a method taking one request and sending a stream of responses."""
     return MethodHandler(path, MethodKind.UNARY_STREAM, handler, request_deserializer,
+                         response_serializer)
+
+
+def unary_stream_push(
+    path: str,
+    start: PushStart[Req],
+    request_deserializer: Callable[[bytes], Req],
+    response_serializer: Callable[[Resp], bytes],
+) -> MethodHandler[Req, Resp]:
+    """Describe a server-streaming method whose messages are pushed without a task.
+
+    ``start(request, call)`` runs inline once the request is complete. It (or anyone it hands
+    ``call`` to) then uses ``call.send(message)``, ``call.finish(code, message)``,
+    ``call.on_writable(callback)`` and ``call.on_close(callback)`` from the Trio thread. Raising
+    ``RpcError`` from ``start`` ends the call with that status, as for any handler.
+    """
+    return MethodHandler(path, MethodKind.UNARY_STREAM_PUSH, start, request_deserializer,
                          response_serializer)

@@ -6,9 +6,17 @@ or a single stream such as one end of ``trio.testing.memory_stream_pair`` (``ser
 The serve methods follow Trio's convention: ``port = (await nursery.start(server.serve_tcp,
 "127.0.0.1", 0))[1]`` returns once listening, with the bound address.
 
-Per connection there are three kinds of task: a reader that feeds the sans-I/O
-``ServerConnection`` and dispatches its events, the single writer (``Transport``), and one task
-per call running the handler inside a cancel scope whose deadline is the call's ``grpc-timeout``.
+Per connection there are two tasks, a reader that feeds the sans-I/O ``ServerConnection`` and
+dispatches its events and the single writer (``Transport``), plus one task per call of an async
+handler, running it inside a cancel scope whose deadline is the call's ``grpc-timeout``.
+
+Two kinds of method need no task (see ``wire.handlers``): sync unary handlers run inline in the
+reader once their request is complete, and push streams (``PushCall``) are driven by sync calls
+from anywhere in the Trio thread. Their deadlines sit in a per-connection heap that the reader
+enforces through the timeout of its socket read; their messages are queued on the call and
+handed to the connection by the writer just before it writes, so a burst of pushes over many
+connections (a health status change fanned out to thousands of Watch streams) reaches the first
+connections' sockets without waiting for the last connection's messages to be encoded.
 
 Graceful shutdown (``await server.shutdown(grace)``): run the shutdown hooks (the health service
 marks itself NOT_SERVING and ends its Watch streams there), stop accepting, send GOAWAY on every
@@ -18,6 +26,8 @@ connection, let calls in flight finish for up to ``grace`` seconds, then cancel 
 
 from __future__ import annotations
 
+import heapq
+import inspect
 import logging
 import math
 import os
@@ -46,7 +56,7 @@ from .status import StatusCode
 from .tls import negotiated_h2, peer_certificate
 from .transport import Transport
 
-__all__ = ["ConnectionInfo", "Server", "ServerCall", "ServerOptions"]
+__all__ = ["ConnectionInfo", "PushCall", "Server", "ServerCall", "ServerOptions"]
 
 logger = logging.getLogger("wire.server")
 
@@ -93,9 +103,10 @@ class ConnectionInfo:
 class ServerCall:
     """The server side of one call, as its handler sees it."""
 
+    # Thousands may be open at once (one per Watch stream): slots, and no Trio objects
+    # created for calls that do not run in a task.
     __slots__ = (
         "_conn",
-        "_done",
         "_initial_metadata",
         "_ready",
         "_request",
@@ -105,7 +116,6 @@ class ServerCall:
         "_send_wakeup",
         "_state",
         "_trailing_metadata",
-        "_transport",
         "authority",
         "connection",
         "deadline",
@@ -119,9 +129,9 @@ class ServerCall:
                  handler: MethodHandler[Any, Any] | None) -> None:
         self._state = state
         self._conn = state.conn
-        self._transport = state.transport
         self.stream_id = event.stream_id
-        self.method = event.method
+        # The handler's copy of the path: one string shared by every call of the method.
+        self.method = handler.path if handler is not None else event.method
         self.metadata: Metadata = event.metadata
         self.authority = event.authority
         self.connection: ConnectionInfo = state.info
@@ -131,13 +141,13 @@ class ServerCall:
         )
         self._request: bytes | None = None
         self._request_count = 0
-        # Set once the request message and END_STREAM are in and the handler may run.
-        self._ready = trio.Event()
+        # Set once the request message and END_STREAM are in and the handler may run; only
+        # calls that run in a task of their own have one.
+        self._ready: trio.Event | None = None
         self._scope: trio.CancelScope | None = None
         self._initial_metadata: MetadataLike = ()
         self._trailing_metadata: MetadataLike = ()
         self._send_wakeup: trio.Event | None = None
-        self._done = False
         self._reset = False
 
     @property
@@ -176,7 +186,7 @@ class ServerCall:
             # The stream is gone (reset, or aborted by the connection): stop the handler.
             await trio.lowlevel.checkpoint()
             raise RpcError(StatusCode.CANCELLED, "call was cancelled")
-        transport = self._transport
+        transport = self._state.transport
         transport.wake()
         options = self._state.options
         high = options.stream_high_water
@@ -191,23 +201,183 @@ class ServerCall:
             await transport.flushed()
         await trio.lowlevel.checkpoint()
 
+    def _pending_output(self) -> int:
+        """Response bytes of this call waiting for flow-control window."""
+        return self._conn.pending_output(self.stream_id)
+
     def _wake_sender(self) -> None:
+        """The stream's output fell below the high-water mark (or the call ended)."""
         if self._send_wakeup is not None:
             self._send_wakeup.set()
             self._send_wakeup = None
 
 
-class _ConnectionState:
-    """Bookkeeping the reader and the call tasks of one connection share."""
+class PushCall(ServerCall):
+    """A server-streaming call driven by sync code, with no task behind it.
 
-    def __init__(self, conn: ServerConnection, transport: Transport, info: ConnectionInfo,
-                 options: ServerOptions) -> None:
+    ``start(request, call)`` (see ``wire.handlers.unary_stream_push``) receives one. Its methods
+    never block and must be called from the Trio thread:
+
+    * ``send(message)`` queues a response message (serialized at once) and returns whether the
+      producer may go on: False means the stream's output is above the high-water mark (the
+      client is not reading) or the call is over. After False, hold back; ``on_writable``'s
+      callback runs once the output has drained (unless the call ends first).
+    * ``finish(code, message)`` ends the call with a status, after the queued messages.
+    * ``on_close(callback)``: ``callback()`` runs once when the call ends, however it ends:
+      ``finish``, client reset or GOAWAY, connection lost, deadline passed, server shutdown.
+
+    Queued messages are handed to the connection by its writer task just before it writes, so a
+    status change pushed to thousands of streams on many connections reaches the first
+    connections' sockets without waiting for every message to be encoded.
+    """
+
+    __slots__ = ("_on_close", "_on_writable", "_outbox", "_over")
+
+    def __init__(self, state: _ConnectionState, event: RequestReceived,
+                 handler: MethodHandler[Any, Any]) -> None:
+        super().__init__(state, event, handler)
+        # Serialized messages waiting for the writer; None (not an empty list) while idle, so
+        # that an idle stream carries no list.
+        self._outbox: list[bytes] | None = None
+        self._on_writable: Callable[[], None] | None = None
+        self._on_close: Callable[[], None] | None = None
+        self._over = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the call has ended (nothing more can be sent)."""
+        return self._over
+
+    def on_writable(self, callback: Callable[[], None] | None) -> None:
+        """Run ``callback()`` whenever output drains below high water after ``send`` said False."""
+        self._on_writable = callback
+
+    def on_close(self, callback: Callable[[], None] | None) -> None:
+        """Run ``callback()`` once when the call ends (at once if it already has)."""
+        if self._over:
+            if callback is not None:
+                _run_callback(callback, self, "on_close")
+            return
+        self._on_close = callback
+
+    def send(self, message: Any) -> bool:
+        """Queue one response message; return False if the producer should hold back."""
+        if self._over:
+            return False
+        assert self.handler is not None
+        payload = self.handler.response_serializer(message)
+        state = self._state
+        outbox = self._outbox
+        if outbox is None:
+            self._outbox = [payload]
+            state.push_ready.append(self)
+            state.transport.wake()
+        else:
+            outbox.append(payload)
+        options = state.options
+        if self._pending_output() > options.stream_high_water:
+            state.blocked[self.stream_id] = self
+            return False
+        if state.transport.backlog > options.max_write_backlog:
+            # Windows open but the peer is not reading its socket: the writer reports when
+            # the write in progress completes.
+            state.write_blocked[self.stream_id] = self
+            return False
+        return True
+
+    def finish(self, code: StatusCode = StatusCode.OK, message: str = "", *,
+               metadata: MetadataLike | None = None, details: bytes | None = None) -> None:
+        """End the call with ``code`` after the messages already queued; idempotent."""
+        if self._over:
+            return
+        self._flush()
+        if metadata is not None:
+            self._trailing_metadata = tuple(metadata)
+        conn = self._conn
+        sid = self.stream_id
+        if self._initial_metadata and conn.is_active(sid):
+            conn.send_headers(sid, self._initial_metadata)
+        conn.send_status(sid, code, message, self._trailing_metadata, details=details)
+        state = self._state
+        self._close()
+        state.forget(self)
+        state.transport.wake()
+
+    def _pending_output(self) -> int:
+        pending = self._conn.pending_output(self.stream_id)
+        if self._outbox is not None:
+            # Each message also takes a 5-byte gRPC prefix (compression aside).
+            pending += sum(len(p) + 5 for p in self._outbox)
+        return pending
+
+    def _flush(self) -> None:
+        """Hand the queued messages to the connection (the writer calls this)."""
+        outbox = self._outbox
+        if outbox is None:
+            return
+        self._outbox = None
+        if self._over:
+            return
+        conn = self._conn
+        sid = self.stream_id
+        if self._initial_metadata:
+            conn.send_headers(sid, self._initial_metadata)
+            self._initial_metadata = ()
+        for payload in outbox:
+            if not conn.send_message(sid, payload):
+                return  # the stream is gone; its reset or abort ends the call
+
+    def _wake_sender(self) -> None:
+        callback = self._on_writable
+        if (not self._over and callback is not None
+                and not _run_callback(callback, self, "on_writable")):
+            self.finish(StatusCode.UNKNOWN, "unexpected error in method handler")
+
+    def _close(self) -> None:
+        """Mark the call over and run its on_close callback (once)."""
+        if self._over:
+            return
+        self._over = True
+        self._outbox = None
+        self._on_writable = None
+        callback, self._on_close = self._on_close, None
+        if callback is not None:
+            _run_callback(callback, self, "on_close")
+
+
+def _run_callback(callback: Callable[[], None], call: ServerCall, what: str) -> bool:
+    """Run an application callback for ``call``; log and return False if it raised."""
+    try:
+        callback()
+    except Exception:
+        logger.exception("%s callback for %s raised", what, call.method)
+        return False
+    return True
+
+
+class _ConnectionState:
+    """Bookkeeping the reader, the writer and the calls of one connection share."""
+
+    def __init__(self, conn: ServerConnection, stream: trio.abc.SendStream,
+                 info: ConnectionInfo, options: ServerOptions) -> None:
         self.conn = conn
-        self.transport = transport
+        # The writer takes its bytes from ``data_to_send`` here, which first flushes pushes.
+        self.transport = Transport(stream, self, write_timeout=options.write_timeout)
         self.info = info
         self.options = options
         self.calls: dict[int, ServerCall] = {}
+        # Calls whose stream is above high water, to wake when the client opens its window.
         self.blocked: dict[int, ServerCall] = {}
+        # Push calls held back because the socket is not taking our writes.
+        self.write_blocked: dict[int, PushCall] = {}
+        # Push calls with messages queued, for the writer to hand to the connection.
+        self.push_ready: list[PushCall] = []
+        # (deadline, stream id, call) of task-less calls with a deadline; the reader's read
+        # times out at the first one. Entries of calls already over are skipped when popped.
+        self.deadlines: list[tuple[float, int, ServerCall]] = []
+        # Task-less calls with a deadline started in the current read, for the heap if they
+        # are still open after it (a Check answered in the same read never gets there).
+        self.new_timed: list[ServerCall] = []
         self.accept_encodings: dict[int, frozenset[str]] = {}
         self.all_done = trio.Event()
         self.all_done.set()
@@ -217,6 +387,53 @@ class _ConnectionState:
         # The timeout of the read in progress; the idle timer is armed through it when the
         # last call ends while the reader waits (it started waiting with no timeout).
         self.receive_scope: trio.CancelScope | None = None
+
+    def data_to_send(self) -> bytes:
+        """The writer's source: pushed messages go to the connection first."""
+        if self.write_blocked:
+            # The writer only asks again once its last write completed: the socket took it.
+            calls = list(self.write_blocked.values())
+            self.write_blocked.clear()
+            high = self.options.stream_high_water
+            for call in calls:
+                if call._pending_output() > high:
+                    self.blocked[call.stream_id] = call
+                else:
+                    call._wake_sender()
+        if self.push_ready:
+            ready, self.push_ready = self.push_ready, []
+            for call in ready:
+                call._flush()
+        return self.conn.data_to_send()
+
+    def add_deadline(self, call: ServerCall) -> None:
+        """Have the reader end ``call`` at its deadline (for calls without a task)."""
+        heap = self.deadlines
+        if len(heap) > 64 and len(heap) > 2 * len(self.calls):
+            # Calls that ended early leave entries behind; drop them before they pile up.
+            heap[:] = [e for e in heap if self.calls.get(e[1]) is e[2]]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (call.deadline, call.stream_id, call))
+
+    def next_deadline(self) -> float:
+        """The earliest deadline of a task-less call (``inf`` if none)."""
+        return self.deadlines[0][0] if self.deadlines else math.inf
+
+    def forget(self, call: ServerCall) -> None:
+        """Drop an ended call from the bookkeeping."""
+        if self.calls.pop(call.stream_id, None) is not None:
+            self.accept_encodings.pop(call.stream_id, None)
+            self.blocked.pop(call.stream_id, None)
+            self.write_blocked.pop(call.stream_id, None)
+            if not self.calls:
+                self.deadlines.clear()
+                self.all_done.set()
+                if self.conn.draining:
+                    self.read_scope.cancel()
+                elif self.receive_scope is not None and self.conn.preface_received:
+                    # Not min(): the read may be waiting for the deadline of a call that has
+                    # just ended, and an idle connection's timer is the idle timeout.
+                    self.receive_scope.deadline = trio.current_time() + self.options.idle_timeout
 
 
 class Server:
@@ -402,8 +619,8 @@ class Server:
                               local=_describe(stream, peer=False),
                               tls=isinstance(stream, trio.SSLStream), peer_certificate=peer_cert)
         conn = ServerConnection(self.config)
-        transport = Transport(stream, conn, write_timeout=self.options.write_timeout)
-        state = _ConnectionState(conn, transport, info, self.options)
+        state = _ConnectionState(conn, stream, info, self.options)
+        transport = state.transport
         self._connections.add(state)
         if self._no_connections.is_set():
             self._no_connections = trio.Event()
@@ -424,6 +641,11 @@ class Server:
                     await transport.flushed()
                     nursery.cancel_scope.cancel()
         finally:
+            # Calls without a task learn here that the connection is gone (their tasks
+            # told the others).
+            for call in list(state.calls.values()):
+                if isinstance(call, PushCall):
+                    call._close()
             self._conn_scopes.discard(conn_scope)
             self._connections.discard(state)
             if not self._connections:
@@ -471,13 +693,20 @@ class Server:
             elif not state.calls:
                 deadline = trio.current_time() + opts.idle_timeout
             else:
-                deadline = math.inf
+                deadline = state.next_deadline()
             with trio.move_on_at(deadline) as scope:
                 state.receive_scope = scope
                 try:
                     data = await stream.receive_some(opts.read_size)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
+            if scope.cancelled_caught and not preface and state.calls:
+                # Not idle: the deadline of a task-less call has come.
+                self._expire_due(state)
+                state.transport.wake()
+                if (conn.draining or state.peer_gone_away) and not state.calls:
+                    return
+                continue
             if scope.cancelled_caught:
                 if preface:
                     logger.debug("%s: no HTTP/2 preface within %s s", state.info.peer,
@@ -502,9 +731,14 @@ class Server:
                 return
             for ev in events:
                 self._dispatch(ev, state, nursery)
+            if state.new_timed:
+                for call in state.new_timed:
+                    if state.calls.get(call.stream_id) is call:
+                        state.add_deadline(call)
+                state.new_timed.clear()
             if state.blocked:
                 for sid, call in list(state.blocked.items()):
-                    if conn.pending_output(sid) <= opts.stream_high_water:
+                    if call._pending_output() <= opts.stream_high_water:
                         del state.blocked[sid]
                         call._wake_sender()
             state.transport.wake()
@@ -535,11 +769,18 @@ class Server:
                 self._end_call(state, call, StatusCode.UNIMPLEMENTED,
                                "grpc: received no request message for a unary request method")
                 return
-            call._ready.set()
+            if call._ready is not None:
+                call._ready.set()
+            elif isinstance(call, PushCall):
+                self._start_push(state, call)
+            else:
+                self._run_sync(state, call)
         elif isinstance(ev, RequestReceived):
             handler = self._handlers.get(ev.method)
-            call = ServerCall(state, ev, handler)
-            state.calls[ev.stream_id] = call
+            started = (PushCall(state, ev, handler)
+                       if handler is not None and handler.kind is MethodKind.UNARY_STREAM_PUSH
+                       else ServerCall(state, ev, handler))
+            state.calls[ev.stream_id] = started
             state.all_done = trio.Event() if state.all_done.is_set() else state.all_done
             state.accept_encodings[ev.stream_id] = ev.accept_encoding
             if handler is None:
@@ -548,13 +789,20 @@ class Server:
                     msg = f"unknown method {ev.method.rsplit('/', 1)[-1]} for service {service}"
                 else:
                     msg = f"unknown service {service}"
-                self._end_call(state, call, StatusCode.UNIMPLEMENTED, msg)
+                self._end_call(state, started, StatusCode.UNIMPLEMENTED, msg)
                 return
             if self._shutting_down and not conn.draining:
                 conn.start_drain()
-            # The call's task starts now, not when the request is complete, so that its
-            # deadline also covers a client that never finishes sending the request.
-            nursery.start_soon(self._run_call, state, call)
+            kind = handler.kind
+            if kind is MethodKind.UNARY_UNARY or kind is MethodKind.UNARY_STREAM:
+                # The call's task starts now, not when the request is complete, so that its
+                # deadline also covers a client that never finishes sending the request.
+                started._ready = trio.Event()
+                nursery.start_soon(self._run_call, state, started)
+            elif started.deadline != math.inf:
+                # No task: the reader enforces the deadline (if the call is still open after
+                # this read; most sync calls are answered within it).
+                state.new_timed.append(started)
         elif isinstance(ev, (StreamReset, CallAborted)):
             call = state.calls.get(ev.stream_id)
             if call is not None:
@@ -575,21 +823,101 @@ class Server:
     def _cancel_call(self, state: _ConnectionState, call: ServerCall) -> None:
         if call._scope is not None:
             call._scope.cancel()
-        call._wake_sender()
-        self._forget(state, call)
+        if isinstance(call, PushCall):
+            call._close()
+        else:
+            call._wake_sender()
+        state.forget(call)
 
     def _forget(self, state: _ConnectionState, call: ServerCall) -> None:
-        if state.calls.pop(call.stream_id, None) is not None:
-            state.accept_encodings.pop(call.stream_id, None)
-            state.blocked.pop(call.stream_id, None)
-            if not state.calls:
-                state.all_done.set()
-                if state.conn.draining:
-                    state.read_scope.cancel()
-                elif state.receive_scope is not None:
-                    scope = state.receive_scope
-                    scope.deadline = min(scope.deadline,
-                                         trio.current_time() + state.options.idle_timeout)
+        state.forget(call)
+
+    def _expire(self, state: _ConnectionState, call: ServerCall) -> None:
+        """End a call whose deadline has passed, as the cancel scope of a task would."""
+        # SPEC: on deadline, answer DEADLINE_EXCEEDED and RST_STREAM CANCEL. The reset goes
+        # out only if the client is still sending (a closed stream takes no more frames);
+        # trailers stuck behind flow control are dropped for it.
+        sid = call.stream_id
+        state.conn.send_status(sid, StatusCode.DEADLINE_EXCEEDED, "deadline exceeded",
+                               reset_code=_CANCEL)
+        state.conn.reset(sid, _CANCEL)
+        self._cancel_call(state, call)
+
+    def _expire_due(self, state: _ConnectionState) -> None:
+        """End every task-less call whose deadline has passed."""
+        heap = state.deadlines
+        now = trio.current_time()
+        while heap and heap[0][0] <= now:
+            _, sid, call = heapq.heappop(heap)
+            if state.calls.get(sid) is call:
+                self._expire(state, call)
+
+    def _request_of(self, state: _ConnectionState, call: ServerCall) -> Any:
+        """Deserialize a task-less call's request; None (call ended) if late or unparsable."""
+        if trio.current_time() >= call.deadline:
+            # The deadline passed before the request was complete (or on arrival, for a
+            # zero timeout): a handler that cannot block still must not answer late.
+            self._expire(state, call)
+            return None
+        handler = call.handler
+        assert handler is not None and call._request is not None
+        data, call._request = call._request, None
+        try:
+            return handler.request_deserializer(data)
+        except Exception as exc:
+            self._end_call(state, call, StatusCode.INTERNAL,
+                           f"grpc: error unmarshalling request: {exc}")
+            return None
+
+    def _run_sync(self, state: _ConnectionState, call: ServerCall) -> None:
+        """Run a sync unary handler inline: no task, no cancel scope, no events."""
+        request = self._request_of(state, call)
+        if request is None and call.stream_id not in state.calls:
+            return
+        handler = call.handler
+        assert handler is not None
+        conn = state.conn
+        sid = call.stream_id
+        code, message, details = StatusCode.OK, "", None
+        try:
+            response = handler.handler(request, call)
+            if inspect.iscoroutine(response):
+                response.close()  # never awaited: no "coroutine was never awaited" warning
+                raise TypeError(f"sync handler for {call.method} returned a coroutine; "
+                                "register it with unary_unary(..., sync=False)")
+            payload = handler.response_serializer(response)
+            if call._initial_metadata:
+                conn.send_headers(sid, call._initial_metadata)
+                call._initial_metadata = ()
+            conn.send_message(sid, payload)
+        except RpcError as exc:
+            code, message, details = exc.code, exc.message, exc.details
+            if exc.metadata:
+                call._trailing_metadata = exc.metadata
+        except Exception:
+            logger.exception("handler for %s raised", call.method)
+            code, message = StatusCode.UNKNOWN, "unexpected error in method handler"
+        if call._initial_metadata and conn.is_active(sid):
+            conn.send_headers(sid, call._initial_metadata)
+        conn.send_status(sid, code, message, call._trailing_metadata, details=details)
+        state.forget(call)
+        # The reader wakes the writer once it has handled the whole read.
+
+    def _start_push(self, state: _ConnectionState, call: PushCall) -> None:
+        """Run a push stream's ``start`` inline; the call then lives without a task."""
+        request = self._request_of(state, call)
+        if request is None and call.stream_id not in state.calls:
+            return
+        handler = call.handler
+        assert handler is not None
+        try:
+            handler.handler(request, call)
+        except RpcError as exc:
+            call.finish(exc.code, exc.message, metadata=exc.metadata or None,
+                        details=exc.details)
+        except Exception:
+            logger.exception("handler for %s raised", call.method)
+            call.finish(StatusCode.UNKNOWN, "unexpected error in method handler")
 
     async def _run_call(self, state: _ConnectionState, call: ServerCall) -> None:
         conn = state.conn
@@ -602,6 +930,7 @@ class Server:
         with trio.CancelScope(deadline=call.deadline) as scope:
             call._scope = scope
             try:
+                assert call._ready is not None
                 await call._ready.wait()
                 assert call._request is not None
                 try:
@@ -672,6 +1001,8 @@ class Server:
             for call in list(state.calls.values()):
                 if call._scope is not None:
                     call._scope.cancel()
+                elif isinstance(call, PushCall):
+                    call.finish(StatusCode.UNAVAILABLE, "server is shutting down")
                 else:
                     self._end_call(state, call, StatusCode.UNAVAILABLE, "server is shutting down")
             state.transport.wake()
