@@ -428,7 +428,7 @@ class _ConnectionState:
             if not self.calls:
                 self.deadlines.clear()
                 self.all_done.set()
-                if self.conn.draining:
+                if self.conn.draining or self.peer_gone_away:
                     self.read_scope.cancel()
                 elif self.receive_scope is not None and self.conn.preface_received:
                     # Not min(): the read may be waiting for the deadline of a call that has
@@ -809,11 +809,10 @@ class Server:
                 call._reset = isinstance(ev, StreamReset)
                 self._cancel_call(state, call)
         elif isinstance(ev, ConnectionTerminated):
+            # A client's GOAWAY names the last *server-initiated* stream it processed (RFC 9113
+            # section 6.8); we initiate none, so every call it started stays valid: let them
+            # finish, then close (the read loop ends once no call is left).
             state.peer_gone_away = True
-            # Streams above the peer's last id will never be read by it.
-            for sid, call in list(state.calls.items()):
-                if sid > ev.last_stream_id:
-                    self._cancel_call(state, call)
 
     def _end_call(self, state: _ConnectionState, call: ServerCall, code: StatusCode,
                   message: str) -> None:

@@ -648,6 +648,29 @@ async def test_client_reset_mid_stream_cancels_handler(server: Server,
 # ---------------------------------------------------------------------------------- shutdown
 
 
+async def test_client_goaway_lets_calls_in_flight_finish(server: Server,
+                                                        service: WireService) -> None:
+    # The client's GOAWAY (last stream id 0: it processed no server-initiated stream) must not
+    # cancel the calls it started; the server answers them, then closes.
+    async with open_memory_client(server.serve_stream) as client:
+        sid = await client.request(BLOCK, grpc_frame(b"in flight"))
+        with trio.fail_after(BOUND):
+            await service.all_in.wait()
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = 0
+        goaway.error_code = NO_ERROR
+        # Written by hand (h2 would stop processing after its own GOAWAY), under the client's
+        # send lock so it cannot interleave with the client's own frames.
+        async with client._send_lock:
+            await client.stream.send_all(goaway.serialize())
+        await trio.testing.wait_all_tasks_blocked()
+        service.release.set()
+        with trio.fail_after(BOUND):
+            rec = await client.wait(sid)
+            await client.eof.wait()
+    assert_ok(rec, [b"in flight"])
+
+
 async def test_graceful_shutdown(server: Server, service: WireService) -> None:
     shut = trio.Event()
 
