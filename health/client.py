@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from google.protobuf.message import DecodeError
-
-from wire import Channel, ResponseStream, RpcError, StatusCode
+from wire import Channel, ResponseStream, StatusCode
 from wire.metadata import MetadataLike
 
 from ._health_pb2 import (
@@ -24,6 +22,7 @@ from ._health_pb2 import (
     HealthListRequest,
     HealthListResponse,
 )
+from ._messages import parse_message
 from .status import ServingStatus
 
 __all__ = ["CHECK_PATH", "LIST_PATH", "WATCH_PATH", "HealthClient", "HealthWatchStream"]
@@ -43,12 +42,7 @@ def _to_status(number: int) -> ServingStatus:
 
 
 def _parse_response(data: bytes) -> ServingStatus:
-    resp = HealthCheckResponse()
-    try:
-        resp.ParseFromString(data)
-    except DecodeError as exc:
-        raise RpcError(StatusCode.INTERNAL, f"cannot parse HealthCheckResponse: {exc}") from None
-    return _to_status(int(resp.status))
+    return _to_status(int(parse_message(HealthCheckResponse, data).status))
 
 
 def _check_request(service: str) -> bytes:
@@ -107,12 +101,7 @@ class HealthClient:
         result = await self.channel.unary_unary(
             LIST_PATH, HealthListRequest().SerializeToString(), timeout=timeout,
             metadata=self.metadata, compression=self.compression)
-        resp = HealthListResponse()
-        try:
-            resp.ParseFromString(result.response)
-        except DecodeError as exc:
-            raise RpcError(StatusCode.INTERNAL,
-                           f"cannot parse HealthListResponse: {exc}") from None
+        resp = parse_message(HealthListResponse, result.response)
         return {name: _to_status(int(entry.status)) for name, entry in resp.statuses.items()}
 
     @asynccontextmanager

@@ -33,7 +33,6 @@ from functools import partial
 from typing import Any
 
 import trio
-from google.protobuf.message import DecodeError
 
 from wire import MethodHandler, RpcError, Server, ServerCall, StatusCode, unary_unary
 from wire.connection import ServerConfig
@@ -46,6 +45,7 @@ from ._health_pb2 import (
     HealthListRequest,
     HealthListResponse,
 )
+from ._messages import parse_message
 from .errors import ServiceNameError, WatcherLimitError
 from .state import HealthState, Subscription
 from .status import ServingStatus
@@ -73,19 +73,11 @@ _RESPONSES: dict[ServingStatus, bytes] = {
 
 
 def _parse_check_request(data: bytes) -> str:
-    req = HealthCheckRequest()
-    try:
-        req.ParseFromString(data)
-    except DecodeError as exc:
-        raise RpcError(StatusCode.INTERNAL, f"cannot parse HealthCheckRequest: {exc}") from None
-    return req.service
+    return parse_message(HealthCheckRequest, data).service
 
 
 def _parse_list_request(data: bytes) -> None:
-    try:
-        HealthListRequest().ParseFromString(data)
-    except DecodeError as exc:
-        raise RpcError(StatusCode.INTERNAL, f"cannot parse HealthListRequest: {exc}") from None
+    parse_message(HealthListRequest, data)
 
 
 def _identity(data: bytes) -> bytes:
