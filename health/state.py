@@ -104,42 +104,37 @@ class Watcher:
     status once :meth:`HealthState.end_watches` has been called.
     """
 
-    # Thousands of idle watchers may exist (one per Watch call); slots keep
-    # each one to a handful of pointers.
-    __slots__ = ("_closed", "_last", "_owner", "_receive", "_send", "_service", "_state")
+    # An async-iterator face on a Subscription whose callback wakes the
+    # iterating task: the registry, the limits and "latest wins" live there.
+    __slots__ = ("_receive", "_send", "_sub")
 
     def __init__(self, state: HealthState, service: str, owner: Hashable | None) -> None:
         """Create an unregistered watcher; use HealthState.watch() instead."""
-        self._state = state
-        self._service = service
-        self._owner = owner
         # One slot is enough: the message means "look again", so a second
         # pending wake-up would carry no extra information.
         self._send, self._receive = trio.open_memory_channel[None](1)
-        self._last: ServingStatus | None = None
-        self._closed = False
+        self._sub = Subscription(state, service, owner, self._wake)
 
     @property
     def service(self) -> str:
         """The service this watcher follows."""
-        return self._service
+        return self._sub.service
 
     @property
     def owner(self) -> Hashable | None:
         """The owner the watcher counts against (e.g. a connection), if any."""
-        return self._owner
+        return self._sub.owner
 
     @property
     def closed(self) -> bool:
         """Whether the watcher has been unregistered."""
-        return self._closed
+        return self._sub.closed
 
     def close(self) -> None:
         """Unregister now; a pending or later iteration step then ends. Idempotent."""
-        if self._closed:
+        if self._sub.closed:
             return
-        self._closed = True
-        self._state._unregister(self)
+        self._sub.close()
         # Let a task blocked in __anext__ notice the closure and stop.
         self._wake()
 
@@ -171,13 +166,12 @@ class Watcher:
         # every async call: the loop stays cancellable and cannot starve the
         # tasks that change statuses.
         await trio.lowlevel.checkpoint()
-        state = self._state
-        while not self._closed:
-            current = state._effective.get(self._service, _SERVICE_UNKNOWN)
-            if current is not self._last:
-                self._last = current
-                return current
-            if state._watches_ended:
+        sub = self._sub
+        while not sub.closed:
+            status = sub.take()
+            if status is not None:
+                return status
+            if sub.ending:
                 self.close()
                 break
             await self._receive.receive()
@@ -194,8 +188,8 @@ class Watcher:
 
     def __repr__(self) -> str:
         """Describe the watcher for debugging."""
-        state = "closed" if self._closed else "open"
-        return f"<Watcher service={self._service!r} owner={self._owner!r} {state}>"
+        state = "closed" if self.closed else "open"
+        return f"<Watcher service={self.service!r} owner={self.owner!r} {state}>"
 
 
 class Subscription:
@@ -326,7 +320,7 @@ class HealthState:
         self._watches_ended = False
 
         # Watchers and subscriptions alike, by service.
-        self._watchers: dict[str, set[Watcher | Subscription]] = {}
+        self._watchers: dict[str, set[Subscription]] = {}
         self._watcher_total = 0
         self._owner_counts: dict[Hashable, int] = {}
         # Keyed by registration number so one callable can be added twice and
@@ -477,7 +471,7 @@ class HealthState:
         """
         self._check_admission(service, owner, "watch")
         watcher = Watcher(self, service, owner)
-        self._register(watcher)
+        self._register(watcher._sub)
         return watcher
 
     def subscribe(self, service: str, notify: Callable[[], object], *,
@@ -513,7 +507,7 @@ class HealthState:
                     f"watchers (limit {self._max_per_owner})"
                 )
 
-    def _register(self, watcher: Watcher | Subscription) -> None:
+    def _register(self, watcher: Subscription) -> None:
         """Add an admitted watcher or subscription to the registry and the counts."""
         self._watchers.setdefault(watcher.service, set()).add(watcher)
         self._watcher_total += 1
@@ -521,7 +515,7 @@ class HealthState:
         if owner is not None:
             self._owner_counts[owner] = self._owner_counts.get(owner, 0) + 1
 
-    def _unregister(self, watcher: Watcher | Subscription) -> None:
+    def _unregister(self, watcher: Subscription) -> None:
         """Drop a watcher or subscription from the registry and counts; called by close()."""
         watchers = self._watchers.get(watcher.service)
         if watchers is None or watcher not in watchers:
