@@ -114,12 +114,16 @@ def own_category(filename: str, func: str) -> str | None:
     return f"other ({filename})"
 
 
+# This checkout's root, stripped from file names so reports read the same on every machine.
+_REPO = str(Path(__file__).resolve().parent.parent) + "/"
+
+
 def label(key: tuple[str, int, str]) -> str:
     filename, line, func = key
     if filename == "~":
         return func
     f = filename.replace("\\", "/")
-    for marker in ("/site-packages/", "/lib/python3.11/", "/work/main/"):
+    for marker in ("/site-packages/", "/lib/python3.11/", _REPO):
         if marker in f:
             f = f.split(marker, 1)[1]
             break
@@ -266,7 +270,8 @@ def _norm(frame: str) -> str:
     # Drop line numbers (a function counts once however many of its lines were sampled) and
     # the install prefix of the file.
     frame = re.sub(r":\d+\)$", ")", frame)
-    return re.sub(r"\((?:[^()]*?)(?:site-packages/|lib/python3\.\d+/|/work/main/)", "(", frame)
+    return re.sub(r"\((?:[^()]*?)(?:site-packages/|lib/python3\.\d+/|" + re.escape(_REPO) + ")",
+                  "(", frame)
 
 
 # ------------------------------------------------------------------------------ load

@@ -254,7 +254,7 @@ def ensure_ours() -> None:
             missing.append(mod)
     if missing:
         raise BenchError(f"this python ({sys.executable}) cannot import {', '.join(missing)}: "
-                         "run bench/run.py with the project's venv (e.g. /work/venv/bin/python)")
+                         "run bench/run.py with the project's venv (e.g. .venv/bin/python)")
 
 
 def ensure_peer_venv() -> None:
