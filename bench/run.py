@@ -381,7 +381,7 @@ def start_server(kind: str, logdir: Path) -> Iterator[Server]:
             raise BenchError(f"{kind}: unexpected first line {first!r}\n{proc.stderr_tail()}")
         port = int(m.group(1))
         admin = None
-        desc = m.group(2) or "python -m health serve (Trio + h2)"
+        desc = m.group(2) or "python -m health serve (Trio + our HTTP/2 codec)"
         if kind == "ours":
             second = proc.readline(30, "its 'admin' line")
             if not second.startswith("admin "):
