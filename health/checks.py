@@ -60,6 +60,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from wire.client import describe_os_error
+
 from .errors import HealthError
 from .state import HealthState
 from .status import ServingStatus
@@ -457,26 +459,11 @@ def tcp_check(host: str, port: int) -> Probe:
         try:
             stream = await trio.open_tcp_stream(host, port)
         except OSError as exc:
-            raise CheckFailed(f"cannot connect to {host}:{port}: {_os_error(exc)}") from None
+            why = describe_os_error(exc)
+            raise CheckFailed(f"cannot connect to {host}:{port}: {why}") from None
         await trio.aclose_forcefully(stream)
 
     return probe
-
-
-def _os_error(exc: BaseException) -> str:
-    """The most specific text for a failed connect or spawn ("Connection refused")."""
-    # trio.open_tcp_stream reports "all attempts failed" and keeps the real errors as causes,
-    # possibly inside an exception group; the innermost strerror is what a reader wants.
-    best = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
-    node: BaseException | None = exc.__cause__
-    for _ in range(8):
-        if node is None:
-            break
-        if isinstance(node, OSError) and node.strerror:
-            best = node.strerror
-        members = getattr(node, "exceptions", None)
-        node = members[0] if members else node.__cause__
-    return best
 
 
 def http_check(
@@ -516,7 +503,8 @@ def http_check(
         try:
             tcp = await trio.open_tcp_stream(host, port)
         except OSError as exc:
-            raise CheckFailed(f"cannot connect to {host}:{port}: {_os_error(exc)}") from None
+            why = describe_os_error(exc)
+            raise CheckFailed(f"cannot connect to {host}:{port}: {why}") from None
         stream: trio.abc.Stream = tcp
         try:
             if context is not None:
@@ -612,7 +600,7 @@ async def _run_command(args: list[str], cwd: str | None,
                 env=dict(env) if env is not None else None, deliver_cancel=_kill))
         except OSError as exc:
             # Raised after the nursery, so callers get CheckFailed, not an ExceptionGroup.
-            failure = CheckFailed(f"cannot run {args[0]!r}: {_os_error(exc)}")
+            failure = CheckFailed(f"cannot run {args[0]!r}: {describe_os_error(exc)}")
         else:
             stderr = process.stderr
             if stderr is not None:

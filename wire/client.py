@@ -77,18 +77,19 @@ _CLOSE_FLUSH_TIMEOUT = 1.0
 Connector = Callable[[], Awaitable[trio.abc.Stream]]
 
 
-def _os_error_text(exc: OSError) -> str:
-    # trio.open_tcp_stream reports "all attempts failed" and keeps the real errors as causes;
-    # the innermost one ("Connection refused") is what a reader wants.
-    best = exc.strerror or str(exc)
+def describe_os_error(exc: BaseException) -> str:
+    """The most specific text for a failed connect or spawn ("Connection refused")."""
+    # trio.open_tcp_stream reports "all attempts failed" and keeps the real errors as causes,
+    # possibly inside an exception group; the innermost strerror is what a reader wants.
+    best = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
     node: BaseException | None = exc.__cause__
-    for _ in range(6):
+    for _ in range(8):
         if node is None:
             break
         if isinstance(node, OSError) and node.strerror:
             best = node.strerror
-        inner = getattr(node, "exceptions", None)
-        node = inner[0] if inner else node.__cause__
+        members = getattr(node, "exceptions", None)
+        node = members[0] if members else node.__cause__
     return best
 
 
@@ -277,7 +278,7 @@ class _Connection:
             else:
                 stream = await trio.open_tcp_stream(target.host, target.port)
         except OSError as exc:
-            raise ConnectError(_os_error_text(exc), target=where) from None
+            raise ConnectError(describe_os_error(exc), target=where) from None
         try:
             if channel.ssl_context is not None:
                 tls = trio.SSLStream(stream, channel.ssl_context,
