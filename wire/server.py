@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import h2.errors
 import trio
 
 from .connection import ServerConfig, ServerConnection
@@ -50,6 +49,7 @@ from .events import (
     RequestReceived,
     StreamReset,
 )
+from .h2codec import CANCEL, ENHANCE_YOUR_CALM, NO_ERROR, PROTOCOL_ERROR
 from .handlers import MethodHandler, MethodKind
 from .metadata import Metadata, MetadataLike
 from .status import StatusCode
@@ -60,7 +60,7 @@ __all__ = ["ConnectionInfo", "PushCall", "Server", "ServerCall", "ServerOptions"
 
 logger = logging.getLogger("wire.server")
 
-_CANCEL = h2.errors.ErrorCodes.CANCEL
+_CANCEL = CANCEL
 
 
 @dataclass(frozen=True)
@@ -593,7 +593,7 @@ class Server:
                 if isinstance(stream, trio.SSLStream):
                     await stream.do_handshake()
                 conn = ServerConnection(self.config)
-                conn.close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "too many connections")
+                conn.close(ENHANCE_YOUR_CALM, "too many connections")
                 await stream.send_all(conn.data_to_send())
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -711,9 +711,9 @@ class Server:
                 if preface:
                     logger.debug("%s: no HTTP/2 preface within %s s", state.info.peer,
                                  opts.preface_timeout)
-                    conn.close(h2.errors.ErrorCodes.PROTOCOL_ERROR, "preface timeout")
+                    conn.close(PROTOCOL_ERROR, "preface timeout")
                 else:
-                    conn.close(h2.errors.ErrorCodes.NO_ERROR, "idle timeout")
+                    conn.close(NO_ERROR, "idle timeout")
                 state.transport.wake()
                 return
             if not data:
