@@ -741,7 +741,7 @@ class Server:
                     if call._pending_output() <= opts.stream_high_water:
                         del state.blocked[sid]
                         call._wake_sender()
-            state.transport.wake()
+            await state.transport.send_now()
             if (conn.draining or state.peer_gone_away) and not state.calls:
                 return
             if state.transport.backlog + conn.buffered_output() > opts.max_write_backlog:
