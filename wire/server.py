@@ -382,11 +382,18 @@ class _ConnectionState:
         self.all_done = trio.Event()
         self.all_done.set()
         self.peer_gone_away = False
-        # Cancelled to stop reading once a draining connection has no calls left.
-        self.read_scope = trio.CancelScope()
+        # False once a draining connection has no calls left: the read loop then ends. Only
+        # the socket read itself is interrupted (through receive_scope), never a write.
+        self.reading = True
         # The timeout of the read in progress; the idle timer is armed through it when the
         # last call ends while the reader waits (it started waiting with no timeout).
         self.receive_scope: trio.CancelScope | None = None
+
+    def stop_reading(self) -> None:
+        """End the read loop: at once if it is waiting for input, else after its batch."""
+        self.reading = False
+        if self.receive_scope is not None:
+            self.receive_scope.cancel()
 
     def data_to_send(self) -> bytes:
         """The writer's source: pushed messages go to the connection first."""
@@ -429,7 +436,7 @@ class _ConnectionState:
                 self.deadlines.clear()
                 self.all_done.set()
                 if self.conn.draining or self.peer_gone_away:
-                    self.read_scope.cancel()
+                    self.stop_reading()
                 elif self.receive_scope is not None and self.conn.preface_received:
                     # Not min(): the read may be waiting for the deadline of a call that has
                     # just ended, and an idle connection's timer is the idle timeout.
@@ -633,8 +640,7 @@ class Server:
                     if self._shutting_down:
                         conn.start_drain()
                     transport.wake()
-                    with state.read_scope:
-                        await self._read_loop(stream, state, nursery)
+                    await self._read_loop(stream, state, nursery)
                     # Reading is over (EOF, GOAWAY, drain): let calls in flight end, say goodbye.
                     await state.all_done.wait()
                     conn.close()
@@ -686,7 +692,7 @@ class Server:
         opts = self.options
         # The whole preface (magic and SETTINGS) must be in by then, however it is dripped.
         preface_deadline = trio.current_time() + opts.preface_timeout
-        while True:
+        while state.reading:
             preface = not conn.preface_received
             if preface:
                 deadline = preface_deadline
@@ -700,6 +706,9 @@ class Server:
                     data = await stream.receive_some(opts.read_size)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
+            state.receive_scope = None
+            if not state.reading:
+                return
             if scope.cancelled_caught and not preface and state.calls:
                 # Not idle: the deadline of a task-less call has come.
                 self._expire_due(state)
@@ -992,7 +1001,7 @@ class Server:
                 state.conn.start_drain()
                 state.transport.wake()
                 if not state.calls:
-                    state.read_scope.cancel()
+                    state.stop_reading()
         with trio.move_on_after(grace):
             await self._no_connections.wait()
         # Grace is over: calls still running end with UNAVAILABLE ("server is shutting down").

@@ -7,10 +7,10 @@ everything pending from ``data_to_send()`` and writes it in one ``send_all``, wh
 coalesces the frames of many concurrent calls into few system calls.
 
 One shortcut: the read loop may call ``send_now()`` after a batch of input. When no write is in
-progress it writes from the calling task, under the same lock and shielded from cancellation
-(bounded by the write timeout), which saves a round trip through the scheduler per request on a
-connection doing one call at a time. Either way every write happens here, one at a time, in
-order.
+progress it writes from the calling task, under the same lock, which saves a round trip through
+the scheduler per batch. Either way every write happens here, one at a time, in order. The read
+loop is never cancelled in normal operation (stopping it only interrupts its socket read), so a
+write it makes is cut short only when the whole connection is being torn down.
 """
 
 from __future__ import annotations
@@ -75,9 +75,7 @@ class Transport:
         try:
             data = self._outbox.data_to_send()
             if data:
-                # Shielded: a write cut short would leave half a frame on the wire.
-                with trio.CancelScope(shield=True):
-                    await self._write(data)
+                await self._write(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, TimeoutError) as exc:
             self._broken = exc
             self._idle.set()
