@@ -431,7 +431,6 @@ class _Probe:
         self.opts = opts
         self.ssl_context = ssl_context
         self.output = output
-        self.last_status: ServingStatus | None = None
         #: Exit code per watched service, from its latest status (for -watch).
         self.watch_codes: dict[str, int] = {}
 
@@ -591,7 +590,6 @@ class _Probe:
             try:
                 async with client.watch(service) as stream:
                     async for status in stream:
-                        self.last_status = status
                         codes[service] = (EXIT_SERVING if status is ServingStatus.SERVING
                                           else EXIT_UNHEALTHY)
                         self.output.log(f"{prefix}status: {status.name}")

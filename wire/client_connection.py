@@ -174,7 +174,6 @@ class _Call:
         "decoder",
         "end_sent",
         "ending",
-        "headers_seen",
         "http_status",
         "is_grpc",
         "metadata",
@@ -185,7 +184,6 @@ class _Call:
     def __init__(self, send_encoding: str | None) -> None:
         self.send_encoding = send_encoding
         self.decoder: MessageDecoder | None = None
-        self.headers_seen = False
         self.http_status = 0
         self.is_grpc = False
         self.metadata = Metadata()
@@ -487,7 +485,6 @@ class ClientConnection:
         except ValueError:
             call.http_status = 0
         call.is_grpc = content_type is not None and _is_grpc_content_type(content_type)
-        call.headers_seen = True
         if ended:
             # Trailers-Only: a single HEADERS frame carries both headers and the status.
             self._finish_from_trailers(sid, call, headers, events)
