@@ -867,14 +867,10 @@ class Server:
             # zero timeout): a handler that cannot block still must not answer late.
             self._expire(state, call)
             return None
-        handler = call.handler
-        assert handler is not None and call._request is not None
-        data, call._request = call._request, None
         try:
-            return handler.request_deserializer(data)
-        except Exception as exc:
-            self._end_call(state, call, StatusCode.INTERNAL,
-                           f"grpc: error unmarshalling request: {exc}")
+            return _deserialize(call)
+        except RpcError as exc:
+            self._end_call(state, call, exc.code, exc.message)
             return None
 
     def _run_sync(self, state: _ConnectionState, call: ServerCall) -> None:
@@ -898,16 +894,9 @@ class Server:
                 conn.send_headers(sid, call._initial_metadata)
                 call._initial_metadata = ()
             conn.send_message(sid, payload)
-        except RpcError as exc:
-            code, message, details = exc.code, exc.message, exc.details
-            if exc.metadata:
-                call._trailing_metadata = exc.metadata
-        except Exception:
-            logger.exception("handler for %s raised", call.method)
-            code, message = StatusCode.UNKNOWN, "unexpected error in method handler"
-        if call._initial_metadata and conn.is_active(sid):
-            conn.send_headers(sid, call._initial_metadata)
-        conn.send_status(sid, code, message, call._trailing_metadata, details=details)
+        except Exception as exc:
+            code, message, details = _outcome(call, exc)
+        _answer(conn, call, code, message, details)
         state.forget(call)
         # The reader wakes the writer once it has handled the whole read.
 
@@ -940,13 +929,7 @@ class Server:
             try:
                 assert call._ready is not None
                 await call._ready.wait()
-                assert call._request is not None
-                try:
-                    request = handler.request_deserializer(call._request)
-                except Exception as exc:
-                    raise RpcError(StatusCode.INTERNAL,
-                                   f"grpc: error unmarshalling request: {exc}") from None
-                call._request = None
+                request = _deserialize(call)
                 if handler.kind is MethodKind.UNARY_UNARY:
                     response = await handler.handler(request, call)
                     await call.send_message(handler.response_serializer(response))
@@ -957,30 +940,17 @@ class Server:
                         await call.send_message(serialize(msg))
 
                     await handler.handler(request, call, send)
-            except RpcError as exc:
-                code, message, details = exc.code, exc.message, exc.details
-                if exc.metadata:
-                    call._trailing_metadata = exc.metadata
-            except Exception:
-                logger.exception("handler for %s raised", call.method)
-                # Never leak internals to the client: the traceback went to the log.
-                code, message = StatusCode.UNKNOWN, "unexpected error in method handler"
+            except Exception as exc:
+                code, message, details = _outcome(call, exc)
         if scope.cancelled_caught:
             if call.stream_id not in state.calls:
                 return  # reset by the client or ended by the connection: nothing to say
             if trio.current_time() >= call.deadline:
-                # SPEC: on deadline, answer DEADLINE_EXCEEDED and RST_STREAM CANCEL. The reset
-                # goes out only if the client is still sending (a closed stream takes no more
-                # frames); trailers stuck behind flow control are dropped for it.
-                conn.send_status(sid, StatusCode.DEADLINE_EXCEEDED, "deadline exceeded",
-                                 reset_code=_CANCEL)
-                conn.reset(sid, _CANCEL)
+                self._expire(state, call)
             else:
                 conn.send_status(sid, StatusCode.UNAVAILABLE, "server is shutting down")
         else:
-            if call._initial_metadata and conn.is_active(sid):
-                conn.send_headers(sid, call._initial_metadata)
-            conn.send_status(sid, code, message, call._trailing_metadata, details=details)
+            _answer(conn, call, code, message, details)
         self._forget(state, call)
         state.transport.wake()
 
@@ -1023,6 +993,37 @@ class Server:
     async def aclose(self) -> None:
         """Shut down at once (no grace)."""
         await self.shutdown(0)
+
+
+def _deserialize(call: ServerCall) -> Any:
+    """The call's request object; unparsable bytes are RpcError INTERNAL."""
+    handler = call.handler
+    assert handler is not None and call._request is not None
+    data, call._request = call._request, None
+    try:
+        return handler.request_deserializer(data)
+    except Exception as exc:
+        raise RpcError(StatusCode.INTERNAL, f"grpc: error unmarshalling request: {exc}") from None
+
+
+def _outcome(call: ServerCall, exc: Exception) -> tuple[StatusCode, str, bytes | None]:
+    """The status a handler's exception ends its call with."""
+    if isinstance(exc, RpcError):
+        if exc.metadata:
+            call._trailing_metadata = exc.metadata
+        return exc.code, exc.message, exc.details
+    logger.error("handler for %s raised", call.method, exc_info=exc)
+    # Never leak internals to the client: the traceback went to the log.
+    return StatusCode.UNKNOWN, "unexpected error in method handler", None
+
+
+def _answer(conn: ServerConnection, call: ServerCall, code: StatusCode, message: str,
+            details: bytes | None) -> None:
+    """End a call that ran to completion: initial metadata if still unsent, then trailers."""
+    sid = call.stream_id
+    if call._initial_metadata and conn.is_active(sid):
+        conn.send_headers(sid, call._initial_metadata)
+    conn.send_status(sid, code, message, call._trailing_metadata, details=details)
 
 
 def _describe(stream: trio.abc.Stream, *, peer: bool) -> str:
