@@ -23,6 +23,9 @@ from typing import Any
 from urllib.parse import quote
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 import trio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -320,6 +323,38 @@ async def test_sigterm_right_after_the_listening_line_still_drains(tmp_path: Pat
             served.process.send_signal(signal.SIGTERM)
             assert await served.wait() == 0, served.log()
             assert "received SIGTERM: draining" in served.log()
+
+
+async def test_second_signal_stops_a_drain_at_once(tmp_path: Path) -> None:
+    # A call whose request never completes holds the drain for the whole grace period (60 s);
+    # the second SIGTERM must end the process without waiting for it.
+    async with serve(tmp_path, "--grace", "60", admin=False) as served:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "POST"), (":scheme", "http"),
+                              (":path", "/grpc.health.v1.Health/Check"),
+                              (":authority", "localhost"), ("te", "trailers"),
+                              ("content-type", "application/grpc")])
+        stream = await trio.open_tcp_stream("127.0.0.1", served.port)
+        try:
+            await stream.send_all(conn.data_to_send())
+            with trio.fail_after(STEP):
+                await stream.receive_some(4096)  # the server's SETTINGS: it is being served
+            served.process.send_signal(signal.SIGTERM)
+            # The drain's GOAWAY arrives; the open call keeps the process in its grace period.
+            with trio.fail_after(STEP):
+                goaway = False
+                while not goaway:
+                    data = await stream.receive_some(4096)
+                    assert data, "the server closed the connection instead of draining"
+                    events = conn.receive_data(data)
+                    goaway = any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+            assert served.process.returncode is None
+            served.process.send_signal(signal.SIGTERM)
+            assert await served.wait() == 0, served.log()
+            assert "second signal: stopping now" in served.log()
+        finally:
+            await stream.aclose()
 
 
 # ----------------------------------------------------------------------------- flags
