@@ -15,11 +15,11 @@ from .client import (
 )
 from .client_connection import ClientConfig, ClientConnection
 from .connection import ServerConfig, ServerConnection
-from .errors import ProtocolError, RpcError, WireError
+from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError, RpcError, WireError
 from .handlers import MethodHandler, MethodKind, unary_stream, unary_stream_push, unary_unary
 from .metadata import Metadata
 from .server import ConnectionInfo, PushCall, Server, ServerCall, ServerOptions
-from .status import StatusCode
+from .status import ErrorCode, StatusCode
 
 __version__ = "0.1.0"
 
@@ -29,11 +29,14 @@ __all__ = [
     "ClientConnection",
     "ConnectError",
     "ConnectionInfo",
+    "ErrorCode",
+    "LocalProtocolError",
     "Metadata",
     "MethodHandler",
     "MethodKind",
     "ProtocolError",
     "PushCall",
+    "RemoteProtocolError",
     "ResponseStream",
     "RpcError",
     "Server",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["StatusCode", "status_from_http", "status_from_rst_stream"]
+__all__ = ["ErrorCode", "StatusCode", "status_from_http", "status_from_rst_stream"]
 
 
 class StatusCode(enum.IntEnum):
@@ -34,6 +34,33 @@ class StatusCode(enum.IntEnum):
     UNAUTHENTICATED = 16
 
 
+class ErrorCode(enum.IntEnum):
+    """HTTP/2 error codes (RFC 9113 section 7), for RST_STREAM and GOAWAY."""
+
+    NO_ERROR = 0x0
+    PROTOCOL_ERROR = 0x1
+    INTERNAL_ERROR = 0x2
+    FLOW_CONTROL_ERROR = 0x3
+    SETTINGS_TIMEOUT = 0x4
+    STREAM_CLOSED = 0x5
+    FRAME_SIZE_ERROR = 0x6
+    REFUSED_STREAM = 0x7
+    CANCEL = 0x8
+    COMPRESSION_ERROR = 0x9
+    CONNECT_ERROR = 0xA
+    ENHANCE_YOUR_CALM = 0xB
+    INADEQUATE_SECURITY = 0xC
+    HTTP_1_1_REQUIRED = 0xD
+
+    @classmethod
+    def describe(cls, code: int) -> str:
+        """The code's RFC name, or ``0x..`` for a code the RFC does not define."""
+        try:
+            return cls(code).name
+        except ValueError:
+            return f"0x{code:x}"
+
+
 _HTTP_TO_GRPC = {
     400: StatusCode.INTERNAL,
     401: StatusCode.UNAUTHENTICATED,
@@ -52,23 +79,17 @@ def status_from_http(http_status: int) -> StatusCode:
     return _HTTP_TO_GRPC.get(http_status, StatusCode.UNKNOWN)
 
 
-# HTTP/2 error codes (RFC 9113 section 7) as the gRPC spec maps them for RST_STREAM.
-_NO_ERROR = 0x0
-_REFUSED_STREAM = 0x7
-_CANCEL = 0x8
-_ENHANCE_YOUR_CALM = 0xB
-_INADEQUATE_SECURITY = 0xC
 
 
 def status_from_rst_stream(error_code: int) -> StatusCode:
     """Map the error code of a received RST_STREAM to a gRPC code."""
-    if error_code == _REFUSED_STREAM:
+    if error_code == ErrorCode.REFUSED_STREAM:
         # "REFUSED_STREAM -> UNAVAILABLE": the request was not processed and may be retried.
         return StatusCode.UNAVAILABLE
-    if error_code == _CANCEL:
+    if error_code == ErrorCode.CANCEL:
         return StatusCode.CANCELLED
-    if error_code == _ENHANCE_YOUR_CALM:
+    if error_code == ErrorCode.ENHANCE_YOUR_CALM:
         return StatusCode.RESOURCE_EXHAUSTED
-    if error_code == _INADEQUATE_SECURITY:
+    if error_code == ErrorCode.INADEQUATE_SECURITY:
         return StatusCode.PERMISSION_DENIED
     return StatusCode.INTERNAL
