@@ -47,8 +47,17 @@ from typing import Any
 
 import trio
 
-from wire import Channel, ConnectError, Metadata, ResponseStream, RpcError, StatusCode, open_channel
-from wire.client import DEFAULT_CONNECT_TIMEOUT, UnaryResponse
+from wire import (
+    Channel,
+    ConnectError,
+    Metadata,
+    ResponseStream,
+    RpcError,
+    StatusCode,
+    UnaryResponse,
+    open_channel,
+)
+from wire.client import DEFAULT_CONNECT_TIMEOUT
 from wire.metadata import MetadataLike
 
 from .errors import HealthError
