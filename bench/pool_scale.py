@@ -159,7 +159,6 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         async with open_pool("dns:///bench.pool:1", service=SERVICE, resolver=resolver,
                              resolve_interval=args.resolve_interval,
-                             min_resolve_interval=min(5.0, args.resolve_interval),
                              connect_timeout=30) as pool:
             await wait_for(pool, lambda healthy: len(healthy) == count, 300)
             results["startup_s"] = time.perf_counter() - started

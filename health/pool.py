@@ -62,7 +62,6 @@ from wire.metadata import MetadataLike
 
 from .errors import HealthError
 from .resolver import (
-    DEFAULT_MIN_RESOLVE_INTERVAL,
     DEFAULT_RESOLVE_INTERVAL,
     DEFAULT_RESOLVE_TIMEOUT,
     Resolver,
@@ -235,7 +234,7 @@ class HealthyPool:
         service: str = "",
         resolver: Resolver | None = None,
         resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
-        min_resolve_interval: float = DEFAULT_MIN_RESOLVE_INTERVAL,
+        min_resolve_interval: float | None = None,
         resolve_timeout: float = DEFAULT_RESOLVE_TIMEOUT,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
@@ -568,7 +567,7 @@ async def open_pool(
     on_change: Callable[[tuple[str, ...]], None] | None = None,
     resolver: Resolver | None = None,
     resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
-    min_resolve_interval: float = DEFAULT_MIN_RESOLVE_INTERVAL,
+    min_resolve_interval: float | None = None,
     resolve_timeout: float = DEFAULT_RESOLVE_TIMEOUT,
     backoff: Backoff | None = None,
     rng: random.Random | None = None,
@@ -580,7 +579,9 @@ async def open_pool(
     """Watch ``service`` on every backend of ``target``; yield the pool; stop on exit.
 
     ``target`` is a list of addresses, or a name to resolve (``dns:///host:port``,
-    ``dns:host:port``, ``host:port``) with ``resolver`` (default: DNS, ``getaddrinfo``).
+    ``dns:host:port``, ``host:port``) with ``resolver`` (default: DNS, ``getaddrinfo``), again
+    every ``resolve_interval`` seconds and when no backend is healthy, at most once per
+    ``min_resolve_interval`` seconds (default 5, or ``resolve_interval`` if that is shorter).
     ``channel_options`` are passed to ``wire.open_channel`` for every backend (after
     ``connect_timeout``, and for a resolved name ``authority`` and ``server_hostname`` set to
     the name). ``open_channel_for(address)`` replaces ``wire.open_channel`` altogether: it

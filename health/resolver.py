@@ -114,10 +114,13 @@ class ResolverLoop:
         resolver: Resolver | None = None,
         *,
         interval: float = DEFAULT_RESOLVE_INTERVAL,
-        min_interval: float = DEFAULT_MIN_RESOLVE_INTERVAL,
+        min_interval: float | None = None,
         timeout: float = DEFAULT_RESOLVE_TIMEOUT,
         max_addresses: int = DEFAULT_MAX_ADDRESSES,
     ) -> None:
+        if min_interval is None:
+            # A short period asked for on purpose is its own floor.
+            min_interval = min(DEFAULT_MIN_RESOLVE_INTERVAL, interval)
         if not 0 < min_interval <= interval:
             raise ValueError("resolve intervals need 0 < min_resolve_interval <= "
                              f"resolve_interval, got {min_interval:g} and {interval:g}")

@@ -187,6 +187,8 @@ class AppBackend(MemoryBackend):
                  health: ServingStatus | None = ServingStatus.SERVING) -> None:
         self.name = name
         self.calls = 0
+        #: (x-req metadata, seconds left of the deadline) of every Who call.
+        self.seen: list[tuple[object, float]] = []
         self.release = trio.Event()
         handlers = [
             unary_unary(WHO, self.who, ident, ident),
@@ -209,6 +211,7 @@ class AppBackend(MemoryBackend):
 
     def who(self, request: bytes, call: ServerCall) -> bytes:
         self.calls += 1
+        self.seen.append((call.metadata.get("x-req"), call.time_remaining()))
         return self.name.encode()
 
     async def slow(self, request: bytes, call: ServerCall) -> bytes:
@@ -497,8 +500,12 @@ async def test_unary_unary_retries_once_after_a_refused_connection(
             assert (await pool.unary_unary(WHO, b"")).response == b"b"
             await table["a:1"].down()
             refused_before = len(table["a:1"].connects)
-            got = [(await pool.unary_unary(WHO, b"", timeout=5)).response for _ in range(4)]
+            got = [(await pool.unary_unary(WHO, b"", timeout=5, metadata=[("x-req", "r")]))
+                   .response for _ in range(4)]
             assert got == [b"b"] * 4
+            # The retry carries the caller's metadata and what is left of the deadline.
+            assert [m for m, _ in table["b:1"].seen[-4:]] == ["r"] * 4
+            assert all(0 < left <= 5 for _, left in table["b:1"].seen[-4:])
             assert len(table["a:1"].connects) > refused_before  # a was tried, and refused
             async with pool.unary_stream(STREAM, b"") as stream:
                 assert [m async for m in stream] == [b"b0", b"b1", b"b2"]
@@ -508,6 +515,39 @@ async def test_unary_unary_retries_once_after_a_refused_connection(
             await table["b:1"].down()
             with pytest.raises(ConnectError):
                 await pool.unary_unary(WHO, b"")
+        nursery.cancel_scope.cancel()
+
+
+class SlowToRefuse(AppBackend):
+    """Once down, takes ``delay`` seconds to refuse a connection (a SYN lost, then RST)."""
+
+    delay = 0.0
+
+    async def connect(self) -> trio.abc.Stream:
+        if not self.is_up:
+            await trio.sleep(self.delay)
+        return await super().connect()
+
+
+async def test_the_retry_gets_what_is_left_of_the_deadline(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        slow = SlowToRefuse(nursery, "a", None)
+        table = {"a:1": slow, "b:1": AppBackend(nursery, "b", None)}
+        async with open_pool(["a:1", "b:1"], open_channel_for=opener(table)) as pool:
+            await settle(pool, ("a:1", "b:1"))
+            await slow.down()
+            slow.delay = 3
+            t0 = trio.current_time()
+            assert (await pool.unary_unary(WHO, b"", timeout=5)).response == b"b"
+            assert trio.current_time() - t0 == pytest.approx(3, abs=0.1)
+            assert table["b:1"].seen[-1][1] == pytest.approx(2, abs=0.1)
+            slow.delay = 10  # longer than the whole deadline: no time is left to retry
+            calls_b = table["b:1"].calls
+            with pytest.raises(RpcError) as info:
+                await pool.unary_unary(WHO, b"", timeout=4)  # round robin: a again
+            assert info.value.code is StatusCode.DEADLINE_EXCEEDED
+            assert table["b:1"].calls == calls_b
         nursery.cancel_scope.cancel()
 
 

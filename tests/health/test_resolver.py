@@ -155,6 +155,8 @@ async def test_answer_is_cut_at_max_addresses(caplog: pytest.LogCaptureFixture) 
 
 
 def test_interval_validation() -> None:
+    assert ResolverLoop("svc:1").min_interval == 5
+    assert ResolverLoop("svc:1", interval=2).min_interval == 2
     with pytest.raises(ValueError, match="min_resolve_interval"):
         ResolverLoop("svc:1", interval=1, min_interval=2)
     with pytest.raises(ValueError, match="min_resolve_interval"):
