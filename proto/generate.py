@@ -39,8 +39,8 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO_ROOT / "proto"
@@ -390,8 +390,9 @@ def render_reflection(protoc: str = "protoc") -> dict[str, str]:
     }
 
 
-@dataclass(frozen=True)
-class Target:
+# A NamedTuple, not a dataclass: the tests load this script by path, without
+# a sys.modules entry, which dataclasses need.
+class Target(NamedTuple):
     """A set of generated files: where they go and how to make them."""
 
     name: str
