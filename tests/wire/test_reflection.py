@@ -40,6 +40,11 @@ from wire.reflection import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: grpcio-reflection (test extra) is the independent oracle of several tests.
+needs_grpcio_reflection = pytest.mark.skipif(
+    importlib.util.find_spec("grpc_reflection") is None,
+    reason="grpcio-reflection is not installed (test extra: grpcio-reflection>=1.60)",
+)
 HEALTH = "grpc.health.v1.Health"
 HEALTH_FILE = "grpc/health/v1/health.proto"
 BASE, COMMON, APP = "test/base.proto", "test/common.proto", "test/app.proto"
@@ -157,6 +162,7 @@ def test_v1_and_v1alpha_messages_have_one_wire_layout() -> None:
     assert len(_layout(v1.DESCRIPTOR)) == 8
 
 
+@needs_grpcio_reflection
 def test_layout_matches_grpcio_reflection() -> None:
     from grpc_reflection.v1alpha import reflection_pb2
 
@@ -446,6 +452,7 @@ def test_versions_answer_identical_bytes(
     assert ours == ReflectionStream(registry, "v1").handle(request)
 
 
+@needs_grpcio_reflection
 def test_v1alpha_answers_decode_with_grpcio_classes(registry: ReflectionRegistry) -> None:
     from grpc_reflection.v1alpha import reflection_pb2 as theirs
 
@@ -477,6 +484,7 @@ def _grpcio_servicer_files(pool: descriptor_pool.DescriptorPool, **fields: Any) 
     return {FDP.FromString(b).name for b in response.file_descriptor_response.file_descriptor_proto}
 
 
+@needs_grpcio_reflection
 @pytest.mark.parametrize(
     "fields",
     [{"file_by_filename": APP}, {"file_by_filename": COMMON}, {"file_by_filename": "x.proto"},
@@ -525,6 +533,7 @@ class _InProcessChannel:
         return call
 
 
+@needs_grpcio_reflection
 def test_grpcio_reflection_client_finds_health_and_app(registry: ReflectionRegistry) -> None:
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
         ProtoReflectionDescriptorDatabase,
@@ -750,6 +759,7 @@ print(f"ok {backend} {checked}")
 """
 
 
+@needs_grpcio_reflection
 @pytest.mark.parametrize("order", ["ours-first", "theirs-first"])
 @pytest.mark.parametrize("backend", ["default", "python"])
 def test_coexists_with_grpcio_reflection(order: str, backend: str) -> None:
