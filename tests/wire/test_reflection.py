@@ -24,6 +24,8 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.message import Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from health import _health_pb2
 from wire import RpcError, StatusCode
@@ -396,6 +398,39 @@ def test_unparsable_request_is_internal(registry: ReflectionRegistry, data: byte
         ReflectionStream(registry).handle(data)
     assert info.value.code == StatusCode.INTERNAL
     assert "unmarshalling" in info.value.message
+
+
+_REGISTRY_FOR_FUZZ = ReflectionRegistry()
+_REGISTRY_FOR_FUZZ.add_file_descriptor(_world()[1])
+_REGISTRY_FOR_FUZZ.add_pool_service(_health_pb2.DESCRIPTOR.pool, HEALTH)
+_KNOWN_NAMES = [*SYMBOLS, APP, COMMON, BASE, HEALTH_FILE, "", "no.Such"]
+_requests = st.one_of(
+    st.binary(max_size=64),
+    st.builds(
+        lambda host, field, name: v1.ServerReflectionRequest(
+            host=host, **{field: name}).SerializeToString(),
+        st.text(max_size=8),
+        st.sampled_from(["file_by_filename", "file_containing_symbol",
+                         "all_extension_numbers_of_type", "list_services"]),
+        st.one_of(st.sampled_from(_KNOWN_NAMES), st.text(max_size=16)),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_requests, max_size=8))
+def test_any_bytes_get_a_response_or_a_status(requests: list[bytes]) -> None:
+    stream = ReflectionStream(_REGISTRY_FOR_FUZZ, "v1alpha")
+    for data in requests:
+        try:
+            answer = stream.handle(data)
+        except RpcError as exc:
+            assert exc.code in (StatusCode.INTERNAL, StatusCode.INVALID_ARGUMENT)
+            continue
+        response = v1alpha.ServerReflectionResponse.FromString(answer)
+        assert response.original_request == v1alpha.ServerReflectionRequest.FromString(data)
+        assert response.WhichOneof("message_response") is not None
+        assert stream.sent_files <= set(_REGISTRY_FOR_FUZZ.file_names)
 
 
 def test_unknown_version_is_refused(registry: ReflectionRegistry) -> None:
