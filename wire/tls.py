@@ -98,7 +98,7 @@ def _chain_problem(cert: str, key: str | None, exc: Exception) -> str:
         probe.load_verify_locations(cafile=cert)
     except (ssl.SSLError, OSError):
         return f"invalid certificate file {cert!r}: no complete PEM certificate in it"
-    return f"invalid key file {key_file!r}: no usable PEM private key in it ({exc})"
+    return f"invalid key file {key_file!r}: no usable unencrypted PEM private key in it"
 
 
 def _http2_policy(ctx: ssl.SSLContext) -> None:
@@ -141,7 +141,8 @@ class _AlertingSSLObject(ssl.SSLObject):
             # Trio's SSLStream raises on an SSLError without sending what OpenSSL wrote to
             # the outgoing BIO (the alert: "certificate required", "unknown ca", ...), so the
             # client sees the connection reset. On "want read" it sends the BIO's bytes
-            # first, then calls again, and only then hears of the failure.
+            # first, then calls again, and only then hears of the failure (Trio 0.35's
+            # SSLStream._retry; tests/wire/test_tls_reload.py checks the alert arrives).
             self._failure = exc
             raise ssl.SSLWantReadError(ssl.SSL_ERROR_WANT_READ,
                                        "sending the TLS alert first") from None

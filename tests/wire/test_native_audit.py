@@ -410,7 +410,7 @@ def test_native_server_connection_serves_self_dependent_headers() -> None:
                    for f in parse_frames(conn.data_to_send()))
 
 
-def test_native_window_update_after_stream_reopens_nothing() -> None:
+def test_native_window_update_on_cleanly_closed_stream_is_ignored() -> None:
     # A WINDOW_UPDATE for a stream we finished (both ends closed) is still fine: section 5.1
     # "closed" lets one arrive "in the time before the peer receives and processes the frame
     # that closes the stream". Checked so the idle rule above did not swallow it.
