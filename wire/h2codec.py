@@ -18,7 +18,8 @@ reports frames in order, so an answer never races a later frame of the same read
 Only what a gRPC server needs is implemented:
 
 * The server role only. Clients open streams with HEADERS; we never push (SETTINGS_ENABLE_PUSH
-  is 0 and a client's PUSH_PROMISE is a connection error) and never open streams.
+  is 0 and a client's PUSH_PROMISE is a connection error) and never open streams, so every
+  even-numbered stream stays "idle" (section 5.1) however high the client's streams go.
 * Receiving: every frame type of RFC 9113 section 6 is parsed and checked; PRIORITY is checked
   and ignored; unknown frame types are ignored (section 4.1). A header block (HEADERS plus any
   CONTINUATION) is collected up to a byte cap *before* decoding, then decoded with
@@ -57,6 +58,8 @@ import hpack.exceptions
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
+from .status import ErrorCode
+
 __all__ = [
     "CANCEL",
     "COMPRESSION_ERROR",
@@ -73,17 +76,18 @@ __all__ = [
     "encode_headers",
 ]
 
-# Error codes (RFC 9113 section 7).
-NO_ERROR = 0x0
-PROTOCOL_ERROR = 0x1
-INTERNAL_ERROR = 0x2
-FLOW_CONTROL_ERROR = 0x3
-STREAM_CLOSED = 0x5
-FRAME_SIZE_ERROR = 0x6
-REFUSED_STREAM = 0x7
-CANCEL = 0x8
-COMPRESSION_ERROR = 0x9
-ENHANCE_YOUR_CALM = 0xB
+# Error codes (RFC 9113 section 7): the shared ``ErrorCode`` members, also importable under
+# their old module-level names.
+NO_ERROR = ErrorCode.NO_ERROR
+PROTOCOL_ERROR = ErrorCode.PROTOCOL_ERROR
+INTERNAL_ERROR = ErrorCode.INTERNAL_ERROR
+FLOW_CONTROL_ERROR = ErrorCode.FLOW_CONTROL_ERROR
+STREAM_CLOSED = ErrorCode.STREAM_CLOSED
+FRAME_SIZE_ERROR = ErrorCode.FRAME_SIZE_ERROR
+REFUSED_STREAM = ErrorCode.REFUSED_STREAM
+CANCEL = ErrorCode.CANCEL
+COMPRESSION_ERROR = ErrorCode.COMPRESSION_ERROR
+ENHANCE_YOUR_CALM = ErrorCode.ENHANCE_YOUR_CALM
 
 # Frame types (section 6).
 _DATA = 0x0
@@ -353,7 +357,6 @@ class H2ServerCodec:
         # stays as it was (clients resend the same block for every call on a connection).
         self._block_cache: dict[bytes, _Decoded] = {}
         self._table_state: tuple[int, int, object] = self._table_key()
-        self._priority_error = False
 
         settings = b"".join(_SETTING.pack(k, v) for k, v in (
             (_MAX_CONCURRENT_STREAMS, max_concurrent_streams),
@@ -496,7 +499,7 @@ class H2ServerCodec:
         self._goaway_last = last
         self._frame(_GOAWAY, 0, 0, _TWO_U32.pack(last, error_code) + debug)
 
-    def close(self, error_code: int = NO_ERROR, debug: bytes = b"") -> None:
+    def close(self, error_code: int = ErrorCode.NO_ERROR, debug: bytes = b"") -> None:
         """GOAWAY and ignore all further input."""
         if self.closed:
             return
@@ -530,7 +533,7 @@ class H2ServerCodec:
             # HTTP/1.1 client or a TLS ClientHello is told at once.
             n = min(len(buf), 24)
             if buf[:n] != PREFACE[:n]:
-                raise self._connection_error(PROTOCOL_ERROR, "invalid HTTP/2 preamble "
+                raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "invalid HTTP/2 preamble "
                                              "(connection preface)")
             if n < 24:
                 return
@@ -547,7 +550,7 @@ class H2ServerCodec:
                     # Section 4.2: "An endpoint MUST send an error code of FRAME_SIZE_ERROR if
                     # a frame exceeds the size defined in SETTINGS_MAX_FRAME_SIZE".
                     raise self._connection_error(
-                        FRAME_SIZE_ERROR, f"frame of {length} bytes exceeds {max_size}")
+                        ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes exceeds {max_size}")
                 if end - pos - 9 < length:
                     break
                 start = pos + 9
@@ -566,11 +569,11 @@ class H2ServerCodec:
             # Section 6.10: a header block continues with CONTINUATION "on the same stream";
             # "A receiver MUST treat the receipt of any other type of frame or a frame on a
             # different stream as a connection error of type PROTOCOL_ERROR."
-            raise self._connection_error(PROTOCOL_ERROR, "header block interrupted")
+            raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "header block interrupted")
         if not self._settings_seen and ftype != _SETTINGS:
             # Section 3.4: the preface is followed by a SETTINGS frame; "Clients and servers
             # MUST treat an invalid connection preface as a connection error".
-            raise self._connection_error(PROTOCOL_ERROR,
+            raise self._connection_error(ErrorCode.PROTOCOL_ERROR,
                                          "invalid HTTP/2 preamble: SETTINGS must come first")
         if ftype == _DATA:
             self._receive_data_frame(flags, sid, buf, start, length)
@@ -593,7 +596,7 @@ class H2ServerCodec:
         elif ftype == _PUSH_PROMISE:
             # Section 8.4: "A client cannot push. Thus, servers MUST treat the receipt of a
             # PUSH_PROMISE frame as a connection error of type PROTOCOL_ERROR."
-            raise self._connection_error(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+            raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
         # Section 4.1: "Implementations MUST ignore and discard frames of unknown types."
 
     def _stream_error(self, sid: int, error_code: int, message: str) -> None:
@@ -610,6 +613,17 @@ class H2ServerCodec:
             if len(memory) > self.closed_memory:
                 del memory[next(iter(memory))]
 
+    def _idle(self, sid: int) -> bool:
+        """True when ``sid`` (not 0) names a stream in the "idle" state (section 5.1)."""
+        # Section 5.1.1: "Streams initiated by a client MUST use odd-numbered stream
+        # identifiers; those initiated by the server MUST use even-numbered stream
+        # identifiers." We never push, so no even stream ever leaves "idle", however high the
+        # client's streams go. An odd id is idle until the client uses it or a higher one:
+        # "When a stream transitions out of the "idle" state, all streams in the "idle" state
+        # that might have been opened by the peer with a lower-valued stream identifier
+        # immediately transition to "closed"."
+        return sid > self.highest_stream_id or not sid & 1
+
     def _closed_stream_frame(self, sid: int, what: str) -> None:
         """A DATA or HEADERS frame on a stream that is not open (and not idle)."""
         how = self._closed_streams.get(sid)
@@ -621,12 +635,12 @@ class H2ServerCodec:
             # Section 5.1 "closed": "an endpoint that receives any frames after receiving a
             # frame with the END_STREAM flag set MUST treat that as a connection error
             # (Section 5.4.1) of type STREAM_CLOSED".
-            raise self._connection_error(STREAM_CLOSED, f"{what} on closed stream {sid}")
+            raise self._connection_error(ErrorCode.STREAM_CLOSED, f"{what} on closed stream {sid}")
         # Reset by the peer ("An endpoint that receives any frame other than PRIORITY after
         # receiving a RST_STREAM MUST treat that as a stream error (Section 5.4.2) of type
         # STREAM_CLOSED"), or closed so long ago we forgot how. Answered once: the stream is
         # then one we reset, and later frames are ignored.
-        self._stream_error(sid, STREAM_CLOSED, f"{what} on closed stream {sid}")
+        self._stream_error(sid, ErrorCode.STREAM_CLOSED, f"{what} on closed stream {sid}")
 
     # ------------------------------------------------------------------ DATA
 
@@ -635,7 +649,7 @@ class H2ServerCodec:
         if sid == 0:
             # Section 6.1: "If a DATA frame is received whose Stream Identifier field is 0x00,
             # the recipient MUST respond with a connection error ... PROTOCOL_ERROR."
-            raise self._connection_error(PROTOCOL_ERROR, "DATA on stream 0")
+            raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
         # Section 6.9: "The entire DATA frame payload is included in flow control, including
         # the Pad Length and Padding fields if present." Section 6.9.1: "A receiver MUST treat
         # the receipt of a flow-controlled frame ... exceeding the window as a connection
@@ -643,7 +657,7 @@ class H2ServerCodec:
         # receives a flow-controlled frame MUST always account for its contribution against
         # the connection flow-control window", whatever the stream's state.
         if length > self._conn_recv_window:
-            raise self._connection_error(FLOW_CONTROL_ERROR,
+            raise self._connection_error(ErrorCode.FLOW_CONTROL_ERROR,
                                          "DATA beyond the connection flow-control window")
         self._conn_recv_window -= length
         self._conn_unacked += length
@@ -654,26 +668,26 @@ class H2ServerCodec:
         # Section 6.1: "If the length of the padding is the length of the frame payload or
         # greater, the recipient MUST treat this as a connection error ... PROTOCOL_ERROR."
         if flags & _PADDED and (length < 1 or buf[start] >= length):
-            raise self._connection_error(PROTOCOL_ERROR, "DATA padding too long")
+            raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "DATA padding too long")
         st = self.streams.get(sid)
         if st is None:
-            if sid > self.highest_stream_id:
+            if self._idle(sid):
                 # Section 5.1 "idle": "Receiving any frame other than HEADERS or PRIORITY on
                 # a stream in this state MUST be treated as a connection error ...
                 # PROTOCOL_ERROR."
-                raise self._connection_error(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+                raise self._connection_error(ErrorCode.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
             self._closed_stream_frame(sid, "DATA")
             return
         if st.remote_closed:
             # Section 5.1 "half-closed (remote)": "If an endpoint receives additional frames,
             # other than WINDOW_UPDATE, PRIORITY, or RST_STREAM, for a stream that is in this
             # state, it MUST respond with a stream error ... STREAM_CLOSED."
-            self._stream_error(sid, STREAM_CLOSED, "DATA after END_STREAM")
+            self._stream_error(sid, ErrorCode.STREAM_CLOSED, "DATA after END_STREAM")
             return
         if length > st.recv_window:
             # Section 6.9: a sender "MUST NOT send a flow-controlled frame with a length that
             # exceeds the space available"; a stream error for the stream's window.
-            self._stream_error(sid, FLOW_CONTROL_ERROR,
+            self._stream_error(sid, ErrorCode.FLOW_CONTROL_ERROR,
                                "DATA beyond the stream flow-control window")
             return
         if flags & _PADDED:
@@ -682,15 +696,13 @@ class H2ServerCodec:
             data = bytes(buf[start:start + length])
         end_stream = bool(flags & _END_STREAM)
         st.recv_window -= length
-        if st.content_length is not None:
-            st.received += len(data)
-            if st.received > st.content_length or (end_stream
-                                                   and st.received != st.content_length):
-                # Section 8.1.1: "A request or response is also malformed if the value of a
-                # content-length header field does not equal the sum of the DATA frame
-                # payload lengths that form the content".
-                self._stream_error(sid, PROTOCOL_ERROR, "content-length mismatch")
-                return
+        limit = st.content_length
+        if limit is not None and not _counts_up_to(st, limit, len(data), end_stream):
+            # Section 8.1.1: "A request or response is also malformed if the value of a
+            # content-length header field does not equal the sum of the DATA frame payload
+            # lengths that form the content".
+            self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, "content-length mismatch")
+            return
         if end_stream:
             st.remote_closed = True
         elif length:
@@ -712,31 +724,42 @@ class H2ServerCodec:
         if sid == 0:
             # Section 6.2: "If a HEADERS frame is received whose Stream Identifier field is
             # 0x00, the recipient MUST respond with a connection error ... PROTOCOL_ERROR."
-            raise self._connection_error(PROTOCOL_ERROR, "HEADERS on stream 0")
+            raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
         pos = start
         end = start + length
         if flags & _PADDED:
             if length < 1:
                 # Section 4.2: a frame "too small to contain mandatory frame data".
-                raise self._connection_error(FRAME_SIZE_ERROR, "HEADERS too short for padding")
+                raise self._connection_error(ErrorCode.FRAME_SIZE_ERROR,
+                                             "HEADERS too short for padding")
             pad = buf[pos]
             pos += 1
+            if pad >= length:
+                # Section 6.2: "If the length of the padding is the length of the frame
+                # payload or greater, the recipient MUST treat this as a connection error
+                # (Section 5.4.1) of type PROTOCOL_ERROR."
+                raise self._connection_error(ErrorCode.PROTOCOL_ERROR,
+                                             "HEADERS padding too long")
             end -= pad
         if flags & _PRIORITY_FLAG:
-            if end - pos < 5:
-                raise self._connection_error(FRAME_SIZE_ERROR,
+            if length - (pos - start) < 5:
+                # Section 4.2: the frame is "too small to contain mandatory frame data" (the
+                # five bytes of priority fields), whatever its padding says.
+                raise self._connection_error(ErrorCode.FRAME_SIZE_ERROR,
                                              "HEADERS too short for priority fields")
-            dependency = _U32.unpack_from(buf, pos)[0] & 0x7FFFFFFF
+            # Section 5.3.2: "This update to HTTP/2 deprecates the priority signaling defined
+            # in RFC 7540"; what it keeps of the fields is their layout (sections 6.2, 6.3).
+            # RFC 7540's "A stream cannot depend on itself ... stream error of type
+            # PROTOCOL_ERROR" is not among what it keeps, so RFC 9113 requires nothing of the
+            # Stream Dependency field: we skip the fields, as for PRIORITY frames.
             pos += 5
-            if dependency == sid:
-                # RFC 7540 section 5.3.1 (kept by h2spec): "A stream cannot depend on
-                # itself. An endpoint MUST treat this as a stream error ... PROTOCOL_ERROR."
-                # The block is still decoded below to keep the HPACK context in step.
-                self._priority_error = True
-        if end < pos:
-            # Section 6.2: "Padding that exceeds the size remaining for the field block
-            # fragment MUST be treated as a PROTOCOL_ERROR."
-            raise self._connection_error(PROTOCOL_ERROR, "HEADERS padding too long")
+            if end < pos:
+                # The padding reaches into the priority fields. Section 6.2 measures padding
+                # against the payload; RFC 7540 section 6.2 put it for this case: "Padding
+                # that exceeds the size remaining for the header block fragment MUST be
+                # treated as a PROTOCOL_ERROR."
+                raise self._connection_error(ErrorCode.PROTOCOL_ERROR,
+                                             "HEADERS padding too long")
         fragment = bytes(buf[pos:end])
         self._block_sid = sid
         self._block_end_stream = bool(flags & _END_STREAM)
@@ -755,11 +778,12 @@ class H2ServerCodec:
             # or CONTINUATION frame without the END_HEADERS flag set. A recipient that
             # observes violation of this rule MUST respond with a connection error ...
             # PROTOCOL_ERROR."
-            raise self._connection_error(PROTOCOL_ERROR, "unexpected CONTINUATION")
+            raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "unexpected CONTINUATION")
         self._block_frames += 1
         if self._block_frames > MAX_CONTINUATION_FRAMES:
             raise self._connection_error(
-                PROTOCOL_ERROR, f"more than {MAX_CONTINUATION_FRAMES} CONTINUATION frames")
+                ErrorCode.PROTOCOL_ERROR,
+                f"more than {MAX_CONTINUATION_FRAMES} CONTINUATION frames")
         self._block_parts.append(bytes(buf[start:start + length]))
         self._block_size += length
         self._check_block_size()
@@ -773,7 +797,7 @@ class H2ServerCodec:
         # is decoded: a block this large would decode past the limit anyway.
         if self._block_size > self._header_block_limit:
             raise self._connection_error(
-                ENHANCE_YOUR_CALM,
+                ErrorCode.ENHANCE_YOUR_CALM,
                 f"header block larger than {self._header_block_limit} bytes")
 
     def _table_key(self) -> tuple[int, int, object]:
@@ -796,22 +820,16 @@ class H2ServerCodec:
         try:
             headers: list[tuple[bytes, bytes]] = self._decoder.decode(block, raw=True)  # type: ignore[assignment]
         except hpack.exceptions.OversizedHeaderListError as exc:
-            raise self._connection_error(ENHANCE_YOUR_CALM,
+            raise self._connection_error(ErrorCode.ENHANCE_YOUR_CALM,
                                          f"header list too large: {exc}") from None
         except (hpack.exceptions.HPACKError, ValueError, IndexError) as exc:
             # Section 4.3: "A decoding error in a field block MUST be treated as a
             # connection error (Section 5.4.1) of type COMPRESSION_ERROR."
-            raise self._connection_error(COMPRESSION_ERROR,
+            raise self._connection_error(ErrorCode.COMPRESSION_ERROR,
                                          f"HPACK decoding error: {exc}") from None
         problem = _validate_request(headers)
-        content_length = None
-        for name, value in headers:
-            if name == b"content-length":
-                if value.isdigit() and value.isascii():
-                    content_length = int(value)
-                else:
-                    problem = problem or "invalid content-length"
-        result = (headers, problem, content_length)
+        content_length, length_problem = _content_length(headers)
+        result = (headers, problem or length_problem, content_length)
         key = self._table_key()
         if self._table_changed(key):
             # The block changed the dynamic table: cached decodings may now be wrong, and
@@ -827,8 +845,6 @@ class H2ServerCodec:
     def _header_block(self, block: bytes) -> None:
         sid = self._block_sid
         end_stream = self._block_end_stream
-        priority_error = self._priority_error
-        self._priority_error = False
         # Every block is decoded, whatever becomes of its stream: the HPACK context is shared
         # by the whole connection (section 4.3).
         headers, problem, content_length = self._decode(block)
@@ -836,6 +852,13 @@ class H2ServerCodec:
         if st is not None:
             self._trailers(sid, st, headers, end_stream)
             return
+        if not sid & 1:
+            # Section 5.1 "idle": a HEADERS frame on a stream the server would initiate "MUST
+            # also be treated as a connection error (Section 5.4.1) of type PROTOCOL_ERROR";
+            # section 5.1.1: "Streams initiated by a client MUST use odd-numbered stream
+            # identifiers".
+            raise self._connection_error(ErrorCode.PROTOCOL_ERROR,
+                                         f"even stream id {sid} from a client")
         if sid <= self.highest_stream_id:
             how = self._closed_streams.get(sid)
             if how is None:
@@ -844,18 +867,13 @@ class H2ServerCodec:
                 # endpoint that receives an unexpected stream identifier MUST respond with a
                 # connection error ... PROTOCOL_ERROR."
                 raise self._connection_error(
-                    PROTOCOL_ERROR, f"stream id {sid} is not above {self.highest_stream_id}")
+                    ErrorCode.PROTOCOL_ERROR,
+                    f"stream id {sid} is not above {self.highest_stream_id}")
             self._closed_stream_frame(sid, "HEADERS")
             return
-        if not sid & 1:
-            # Section 5.1.1: "Streams initiated by a client MUST use odd-numbered stream
-            # identifiers".
-            raise self._connection_error(PROTOCOL_ERROR, f"even stream id {sid} from a client")
         self.highest_stream_id = sid
         st = _Stream(self._recv_initial, self._remote_initial_window)
         self.streams[sid] = st
-        if priority_error:
-            problem = "stream depends on itself"
         if content_length is not None:
             st.content_length = content_length
             if end_stream and content_length and problem is None:
@@ -863,7 +881,7 @@ class H2ServerCodec:
         if problem is not None:
             # Section 8.1.1: "Malformed requests or responses that are detected MUST be
             # treated as a stream error (Section 5.4.2) of type PROTOCOL_ERROR."
-            self._frame(_RST_STREAM, 0, sid, _U32.pack(PROTOCOL_ERROR))
+            self._frame(_RST_STREAM, 0, sid, _U32.pack(ErrorCode.PROTOCOL_ERROR))
             self._forget(sid, _RESET_BY_US)
             self._handler.on_malformed(sid, problem)
             return
@@ -876,20 +894,20 @@ class H2ServerCodec:
         if st.remote_closed:
             # Section 5.1 "half-closed (remote)": frames other than WINDOW_UPDATE, PRIORITY
             # or RST_STREAM are a stream error STREAM_CLOSED.
-            self._stream_error(sid, STREAM_CLOSED, "HEADERS after END_STREAM")
+            self._stream_error(sid, ErrorCode.STREAM_CLOSED, "HEADERS after END_STREAM")
             return
         if not end_stream:
             # Section 8.1: "An endpoint that receives a HEADERS frame without the END_STREAM
             # flag set after receiving the HEADERS frame that opens a request ... MUST treat
             # the corresponding request or response as malformed".
-            self._stream_error(sid, PROTOCOL_ERROR, "second HEADERS without END_STREAM")
+            self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, "second HEADERS without END_STREAM")
             return
         problem = _validate_fields(headers, trailers=True)
         if problem is None and st.content_length is not None and (
                 st.received != st.content_length):
             problem = "content-length mismatch"
         if problem is not None:
-            self._stream_error(sid, PROTOCOL_ERROR, problem)
+            self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, problem)
             return
         st.remote_closed = True
         self._handler.on_trailers(sid)
@@ -902,44 +920,45 @@ class H2ServerCodec:
         if length != 4:
             # Section 6.9: "A WINDOW_UPDATE frame with a length other than 4 octets MUST be
             # treated as a connection error ... FRAME_SIZE_ERROR."
-            raise self._connection_error(FRAME_SIZE_ERROR, "WINDOW_UPDATE length is not 4")
+            raise self._connection_error(ErrorCode.FRAME_SIZE_ERROR,
+                                         "WINDOW_UPDATE length is not 4")
         increment = _U32.unpack_from(buf, start)[0] & 0x7FFFFFFF
         if sid == 0:
             if increment == 0:
                 # Section 6.9: "A receiver MUST treat the receipt of a WINDOW_UPDATE frame with
                 # a flow-control window increment of 0 as a stream error ... errors on the
                 # connection flow-control window MUST be treated as a connection error".
-                raise self._connection_error(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+                raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
             window = self._conn_send_window + increment
             if window > _MAX_WINDOW:
                 # Section 6.9.1: "If a sender receives a WINDOW_UPDATE that causes a
                 # flow-control window to exceed this maximum, it MUST terminate either the
                 # stream or the connection, as appropriate ... FLOW_CONTROL_ERROR".
-                raise self._connection_error(FLOW_CONTROL_ERROR,
+                raise self._connection_error(ErrorCode.FLOW_CONTROL_ERROR,
                                              "connection window above 2^31-1")
             self._conn_send_window = window
             self._handler.on_window_update(0)
             return
         st = self.streams.get(sid)
         if st is None:
-            if sid > self.highest_stream_id:
+            if self._idle(sid):
                 # Section 5.1 "idle": only HEADERS or PRIORITY; else PROTOCOL_ERROR.
-                raise self._connection_error(PROTOCOL_ERROR,
+                raise self._connection_error(ErrorCode.PROTOCOL_ERROR,
                                              f"WINDOW_UPDATE on idle stream {sid}")
             if self._closed_streams.get(sid) == _RESET_BY_PEER:
                 # Section 5.1: any frame but PRIORITY after the peer's RST_STREAM is a
                 # stream error STREAM_CLOSED (answered once, see _closed_stream_frame).
-                self._stream_error(sid, STREAM_CLOSED, "WINDOW_UPDATE on reset stream")
+                self._stream_error(sid, ErrorCode.STREAM_CLOSED, "WINDOW_UPDATE on reset stream")
             # Section 5.1 "closed": "WINDOW_UPDATE or RST_STREAM frames can be received in
             # this state for a short period after a DATA or HEADERS frame containing an
             # END_STREAM flag is sent" -- ignored.
             return
         if increment == 0:
-            self._stream_error(sid, PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
             return
         window = st.send_window + increment
         if window > _MAX_WINDOW:
-            self._stream_error(sid, FLOW_CONTROL_ERROR, "stream window above 2^31-1")
+            self._stream_error(sid, ErrorCode.FLOW_CONTROL_ERROR, "stream window above 2^31-1")
             return
         st.send_window = window
         self._handler.on_window_update(sid)
@@ -948,16 +967,17 @@ class H2ServerCodec:
         if sid == 0:
             # Section 6.4: "If a RST_STREAM frame is received with a stream identifier of
             # 0x00, the recipient MUST treat this as a connection error ... PROTOCOL_ERROR."
-            raise self._connection_error(PROTOCOL_ERROR, "RST_STREAM on stream 0")
+            raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
         if length != 4:
             # Section 6.4: "A RST_STREAM frame with a length other than 4 octets MUST be
             # treated as a connection error ... FRAME_SIZE_ERROR."
-            raise self._connection_error(FRAME_SIZE_ERROR, "RST_STREAM length is not 4")
+            raise self._connection_error(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM length is not 4")
         if sid not in self.streams:
-            if sid > self.highest_stream_id:
+            if self._idle(sid):
                 # Section 6.4: "If a RST_STREAM frame identifying an idle stream is received,
                 # the recipient MUST treat this as a connection error ... PROTOCOL_ERROR."
-                raise self._connection_error(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
+                raise self._connection_error(ErrorCode.PROTOCOL_ERROR,
+                                             f"RST_STREAM on idle stream {sid}")
             # Closed already: never an answer to a RST_STREAM (section 5.4.2: "an endpoint
             # MUST NOT send a RST_STREAM in response to a RST_STREAM frame"). The handler still
             # hears of it: a reset that crosses our own refusal of the stream is the classic
@@ -972,15 +992,16 @@ class H2ServerCodec:
             # Section 6.5: "If an endpoint receives a SETTINGS frame whose Stream Identifier
             # field is anything other than 0x00, the endpoint MUST respond with a connection
             # error ... PROTOCOL_ERROR."
-            raise self._connection_error(PROTOCOL_ERROR, "SETTINGS on a stream")
+            raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & _ACK:
             if length:
                 # Section 6.5: "Receipt of a SETTINGS frame with the ACK flag set and a length
                 # field value other than 0 MUST be treated as a connection error ...
                 # FRAME_SIZE_ERROR."
-                raise self._connection_error(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+                raise self._connection_error(ErrorCode.FRAME_SIZE_ERROR,
+                                             "SETTINGS ACK with a payload")
             if not self._settings_seen:
-                raise self._connection_error(PROTOCOL_ERROR, "invalid HTTP/2 preamble: "
+                raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "invalid HTTP/2 preamble: "
                                              "SETTINGS ACK before SETTINGS")
             # Our (only) SETTINGS now apply: the stream window is exactly what we advertised.
             self._recv_initial = self._local_initial_window
@@ -988,41 +1009,25 @@ class H2ServerCodec:
         if length % 6:
             # Section 6.5: "A SETTINGS frame with a length other than a multiple of 6 octets
             # MUST be treated as a connection error ... FRAME_SIZE_ERROR."
-            raise self._connection_error(FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
+            raise self._connection_error(ErrorCode.FRAME_SIZE_ERROR,
+                                         "SETTINGS length not a multiple of 6")
         window_changed = False
         for pos in range(start, start + length, 6):
             ident, value = _SETTING.unpack_from(buf, pos)
             if ident == _INITIAL_WINDOW_SIZE:
-                if value > _MAX_WINDOW:
-                    # Section 6.5.2: "Values above the maximum flow-control window size of
-                    # 2^31-1 MUST be treated as a connection error ... FLOW_CONTROL_ERROR."
-                    raise self._connection_error(FLOW_CONTROL_ERROR,
-                                                 "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1")
-                delta = value - self._remote_initial_window
-                if delta:
-                    # Section 6.9.2: the change applies to every open stream's window; "An
-                    # endpoint MUST treat a change to SETTINGS_INITIAL_WINDOW_SIZE that causes
-                    # any flow-control window to exceed the maximum size as a connection
-                    # error ... FLOW_CONTROL_ERROR."
-                    for st in self.streams.values():
-                        st.send_window += delta
-                        if st.send_window > _MAX_WINDOW:
-                            raise self._connection_error(FLOW_CONTROL_ERROR,
-                                                         "stream window above 2^31-1")
-                    self._remote_initial_window = value
-                    window_changed = True
+                window_changed = self._initial_window_setting(value) or window_changed
             elif ident == _MAX_FRAME_SIZE:
                 if not _MIN_FRAME_SIZE <= value <= _MAX_FRAME_SIZE_LIMIT:
                     # Section 6.5.2: "Values outside this range MUST be treated as a
                     # connection error ... PROTOCOL_ERROR."
-                    raise self._connection_error(PROTOCOL_ERROR,
+                    raise self._connection_error(ErrorCode.PROTOCOL_ERROR,
                                                  f"SETTINGS_MAX_FRAME_SIZE {value} out of range")
                 self.remote_max_frame_size = value
             elif ident == _ENABLE_PUSH:
                 if value > 1:
                     # Section 6.5.2: "Any value other than 0 or 1 MUST be treated as a
                     # connection error ... PROTOCOL_ERROR."
-                    raise self._connection_error(PROTOCOL_ERROR,
+                    raise self._connection_error(ErrorCode.PROTOCOL_ERROR,
                                                  f"SETTINGS_ENABLE_PUSH {value}")
             elif ident == _HEADER_TABLE_SIZE and value < self._encoder_table_size:
                 # We never insert into the peer's table, but RFC 7541 section 4.2 wants a
@@ -1040,17 +1045,38 @@ class H2ServerCodec:
         self._settings_seen = True
         self._handler.on_settings(window_changed)
 
+    def _initial_window_setting(self, value: int) -> bool:
+        """Apply the peer's SETTINGS_INITIAL_WINDOW_SIZE; True if it changed."""
+        if value > _MAX_WINDOW:
+            # Section 6.5.2: "Values above the maximum flow-control window size of 2^31-1
+            # MUST be treated as a connection error ... FLOW_CONTROL_ERROR."
+            raise self._connection_error(ErrorCode.FLOW_CONTROL_ERROR,
+                                         "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1")
+        delta = value - self._remote_initial_window
+        if not delta:
+            return False
+        # Section 6.9.2: the change applies to every open stream's window; "An endpoint MUST
+        # treat a change to SETTINGS_INITIAL_WINDOW_SIZE that causes any flow-control window
+        # to exceed the maximum size as a connection error ... FLOW_CONTROL_ERROR."
+        for st in self.streams.values():
+            st.send_window += delta
+            if st.send_window > _MAX_WINDOW:
+                raise self._connection_error(ErrorCode.FLOW_CONTROL_ERROR,
+                                             "stream window above 2^31-1")
+        self._remote_initial_window = value
+        return True
+
     def _receive_ping(self, flags: int, sid: int, buf: bytearray, start: int,
                       length: int) -> None:
         if sid != 0:
             # Section 6.7: "If a PING frame is received with a Stream Identifier field value
             # other than 0x00, the recipient MUST respond with a connection error ...
             # PROTOCOL_ERROR."
-            raise self._connection_error(PROTOCOL_ERROR, "PING on a stream")
+            raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "PING on a stream")
         if length != 8:
             # Section 6.7: "Receipt of a PING frame with a length field value other than 8
             # MUST be treated as a connection error ... FRAME_SIZE_ERROR."
-            raise self._connection_error(FRAME_SIZE_ERROR, "PING length is not 8")
+            raise self._connection_error(ErrorCode.FRAME_SIZE_ERROR, "PING length is not 8")
         if flags & _ACK:
             return  # the answer to our keepalive
         # Section 6.7: "Receivers of a PING frame that does not include an ACK flag MUST send
@@ -1062,9 +1088,9 @@ class H2ServerCodec:
         if sid != 0:
             # Section 6.8: "An endpoint MUST treat a GOAWAY frame with a stream identifier
             # other than 0x00 as a connection error ... PROTOCOL_ERROR."
-            raise self._connection_error(PROTOCOL_ERROR, "GOAWAY on a stream")
+            raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
         if length < 8:
-            raise self._connection_error(FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
+            raise self._connection_error(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
         last, code = _TWO_U32.unpack_from(buf, start)
         self._handler.on_goaway(code, last & 0x7FFFFFFF, bytes(buf[start + 8:start + length]))
 
@@ -1072,13 +1098,45 @@ class H2ServerCodec:
         if sid == 0:
             # Section 6.3: "If a PRIORITY frame is received with a stream identifier of 0x00,
             # the recipient MUST respond with a connection error ... PROTOCOL_ERROR."
-            raise self._connection_error(PROTOCOL_ERROR, "PRIORITY on stream 0")
+            raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
         if length != 5:
             # Section 6.3: "A PRIORITY frame with a length other than 5 octets MUST be treated
             # as a stream error ... FRAME_SIZE_ERROR." The stream may be idle, where no
             # RST_STREAM may be sent, so the whole connection is ended (section 5.4.2 allows).
-            raise self._connection_error(FRAME_SIZE_ERROR, "PRIORITY length is not 5")
-        # Section 5.3.2: priority signals are advisory; we serve streams in arrival order.
+            raise self._connection_error(ErrorCode.FRAME_SIZE_ERROR, "PRIORITY length is not 5")
+        # Section 6.3: "The PRIORITY frame (type=0x02) is deprecated" and "can be sent in any
+        # stream state, including idle or closed streams"; only stream 0 and a length other
+        # than 5 are errors. RFC 7540's "A stream cannot depend on itself" (its section
+        # 5.3.1) is not part of RFC 9113, whose section 5.3.1 only recounts why that scheme
+        # "was not successful": a self-dependency is ignored like any priority signal, as in
+        # HEADERS. We serve streams in arrival order.
+
+
+def _counts_up_to(st: _Stream, limit: int, n: int, end_stream: bool) -> bool:
+    """Count ``n`` more DATA bytes on ``st``; False once they pass ``limit`` (its
+    content-length) or the stream ends short of it."""
+    st.received += n
+    return st.received <= limit and (not end_stream or st.received == limit)
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, str | None]:
+    """The request's content-length (None without one), and why it is malformed if it is."""
+    # Section 8.1.1: a message is malformed "if the value of a content-length header field
+    # does not equal the sum of the DATA frame payload lengths". That holds for *every*
+    # content-length field, so several of them must all carry the same value (RFC 9110
+    # section 8.6 also lets a recipient "reject the message as invalid" when they differ).
+    content_length = None
+    for name, value in headers:
+        if name != b"content-length":
+            continue
+        # RFC 9110 section 8.6: "Content-Length = 1*DIGIT"; a list such as "3, 3" is refused.
+        if not (value.isdigit() and value.isascii()):
+            return None, "invalid content-length"
+        n = int(value)
+        if content_length is not None and n != content_length:
+            return None, "conflicting content-length values"
+        content_length = n
+    return content_length, None
 
 
 def _validate_fields(headers: list[tuple[bytes, bytes]], trailers: bool) -> str | None:

@@ -342,16 +342,6 @@ def test_headers_with_padding_and_priority() -> None:
     assert kinds(events) == [RequestReceived, MessageReceived, RequestEnded]
 
 
-def test_stream_depending_on_itself_is_a_stream_error() -> None:
-    conn = connect()
-    block = hpack_block(grpc_request_headers(ECHO))
-    payload = struct.pack(">IB", 1, 15) + block
-    events = conn.receive_data(raw_frame(0x1, 0x20 | 0x4, 1, payload))
-    assert kinds(events) == [RequestRejected]
-    assert rst_of(frames_out(conn), 1) == PROTOCOL_ERROR
-    assert not conn.closed
-
-
 def test_stream_id_rules() -> None:
     assert goaway_of(connect(), request_frames(2)).error_code == PROTOCOL_ERROR  # even
     assert goaway_of(connect(), raw_frame(0x1, 0x4, 0, b"")).error_code == PROTOCOL_ERROR
