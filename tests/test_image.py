@@ -52,17 +52,21 @@ def _run(venv: Path, *argv: str) -> subprocess.CompletedProcess[str]:
 def test_console_scripts_start(venv: Path) -> None:
     main_help = _run(venv, "trio-grpc-health", "--help")
     assert main_help.returncode == 0
-    assert "serve" in main_help.stdout and "probe" in main_help.stdout
+    assert "serve" in main_help.stdout
+    assert "probe" in main_help.stdout
     serve_help = _run(venv, "trio-grpc-health", "serve", "--help")
-    assert serve_help.returncode == 0 and "--grace" in serve_help.stdout
+    assert serve_help.returncode == 0
+    assert "--grace" in serve_help.stdout
     version = _run(venv, "trio-grpc-health-probe", "-version")
-    assert version.returncode == 0 and "version" in version.stdout
+    assert version.returncode == 0
+    assert "version" in version.stdout
 
 
 def test_the_venv_cannot_install_anything(venv: Path) -> None:
     assert not list((venv / "bin").glob("pip*"))
     no_pip = _run(venv, "python", "-c", "import pip")
-    assert no_pip.returncode != 0 and "No module named 'pip'" in no_pip.stderr
+    assert no_pip.returncode != 0
+    assert "No module named 'pip'" in no_pip.stderr
     # Imported from the venv, not from this checkout.
     where = _run(venv, "python", "-c", "import health, wire; print(health.__file__)")
     assert where.stdout.strip().startswith(str(venv))
@@ -128,7 +132,8 @@ def test_dockerfile_runs_the_script_and_its_entry_points() -> None:
     assert "image-install.sh remove-pip" in runtime
     assert "COPY --from=build /opt/trio-grpc-health /opt/trio-grpc-health" in runtime
     user = re.search(r"^USER (\S+)", runtime, flags=re.MULTILINE)
-    assert user is not None and user.group(1).split(":")[0] not in ("0", "root")
+    assert user is not None
+    assert user.group(1).split(":")[0] not in ("0", "root")
     assert 'ENTRYPOINT ["/opt/trio-grpc-health/bin/trio-grpc-health"]' in runtime
     assert "/opt/trio-grpc-health/bin" in re.search(r"^ENV PATH=(\S+)", runtime,
                                                     flags=re.MULTILINE).group(1)  # type: ignore[union-attr]

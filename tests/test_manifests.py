@@ -97,7 +97,8 @@ def test_the_configmap_toml_loads_with_health_config() -> None:
     names = {s.name for s in config.services}
     assert {"liveness", "orders"} <= names
     [check] = config.checks
-    assert check.type == "http" and check.service == "orders"
+    assert check.type == "http"
+    assert check.service == "orders"
 
 
 def test_sidecar_checks_the_app_container_it_runs_beside() -> None:
@@ -154,7 +155,8 @@ def test_probes_native_grpc_and_exec_with_a_startup_probe(name: str) -> None:
                 assert command[0] == "trio-grpc-health-probe"
                 opts = parse_args(command[1:])  # a valid probe command line
                 host, port = opts.addr.rsplit(":", 1)
-                assert host == "127.0.0.1" and int(port) in _ports(container)
+                assert host == "127.0.0.1"
+                assert int(port) in _ports(container)
                 # The kubelet's timeout must not cut the probe's own timeouts short.
                 assert probe["timeoutSeconds"] >= opts.connect_timeout + opts.rpc_timeout
     assert kinds == {"grpc", "exec"}

@@ -95,7 +95,7 @@ def test_parse_duration(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize("text", ["", "1", "s", "1x", "1.s2", "--1s", "1 s", "."])
 def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
 
 
@@ -118,19 +118,28 @@ def test_go_and_gnu_flag_spellings() -> None:
                        "-authority", ":5000", "-output=json", "-wait", "1m"])
     assert opts.addr == "localhost:5000"
     assert opts.services == ["a", "b"]
-    assert opts.connect_timeout == 0.25 and opts.rpc_timeout == 2.0
-    assert opts.tls and opts.tls_no_verify and not opts.gzip and opts.verbose
+    assert opts.connect_timeout == 0.25
+    assert opts.rpc_timeout == 2.0
+    assert opts.tls
+    assert opts.tls_no_verify
+    assert not opts.gzip
+    assert opts.verbose
     assert opts.rpc_headers == [("x-a", "b"), ("x-c", "d")]
     assert opts.user_agent == "kube-probe/1.30"
-    assert opts.authority == ":5000" and opts.output == "json" and opts.wait == 60.0
+    assert opts.authority == ":5000"
+    assert opts.output == "json"
+    assert opts.wait == 60.0
 
 
 def test_defaults_match_grpc_health_probe() -> None:
     opts = parse_args(["-addr", "h:1"])
     assert opts.services == [""]
-    assert opts.connect_timeout == 1.0 and opts.rpc_timeout == 1.0
+    assert opts.connect_timeout == 1.0
+    assert opts.rpc_timeout == 1.0
     assert opts.user_agent == "grpc_health_probe"
-    assert not opts.tls and opts.output == "text" and opts.wait == 0
+    assert not opts.tls
+    assert opts.output == "text"
+    assert opts.wait == 0
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -173,9 +182,11 @@ def test_bad_arguments_exit_1(argv: list[str], message: str) -> None:
 
 def test_help_and_version_exit_0() -> None:
     help_run = run_probe("-h")
-    assert help_run.code == EXIT_SERVING and "-addr" in help_run.out
+    assert help_run.code == EXIT_SERVING
+    assert "-addr" in help_run.out
     version_run = run_probe("-version")
-    assert version_run.code == EXIT_SERVING and "version" in version_run.out
+    assert version_run.code == EXIT_SERVING
+    assert "version" in version_run.out
 
 
 def test_missing_tls_files_exit_1(tmp_path: Path) -> None:
