@@ -14,6 +14,7 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -72,13 +73,14 @@ def test_the_venv_cannot_install_anything(venv: Path) -> None:
     assert where.stdout.strip().startswith(str(venv))
 
 
-def _read_lines(proc: subprocess.Popen[bytes], count: int) -> list[str]:
-    """The first ``count`` lines of the server's stdout, or fail after STEP seconds."""
+def _read_ports(proc: subprocess.Popen[bytes], *names: str) -> dict[str, int]:
+    """The ``NAME PORT`` lines the server prints on stdout, or fail after STEP seconds."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     deadline = time.monotonic() + STEP
     buffer = b""
-    while buffer.count(b"\n") < count:  # bounded by the deadline
+    ports: dict[str, int] = {}
+    while not set(names) <= set(ports):  # bounded by the deadline
         left = deadline - time.monotonic()
         if left <= 0:
             raise AssertionError(f"the server printed only {buffer!r} in time")
@@ -88,7 +90,11 @@ def _read_lines(proc: subprocess.Popen[bytes], count: int) -> list[str]:
             if not chunk:
                 raise AssertionError(f"the server exited with {proc.wait(STEP)}")
             buffer += chunk
-    return buffer.decode().splitlines()[:count]
+            for line in buffer.decode(errors="replace").splitlines():
+                m = re.fullmatch(r"(\w+) (\d+)", line.strip())
+                if m:
+                    ports[m.group(1)] = int(m.group(2))
+    return ports
 
 
 @pytest.fixture
@@ -99,8 +105,8 @@ def server(venv: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
         cwd=venv.parent, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         bufsize=0)
     try:
-        ports = dict(line.split() for line in _read_lines(proc, 2))
-        yield proc, int(ports["listening"]), int(ports["admin"])
+        ports = _read_ports(proc, "listening", "admin")
+        yield proc, ports["listening"], ports["admin"]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -121,6 +127,28 @@ def test_probe_from_the_venv_against_its_server(
         assert 'grpc_health_service_status{service="app"} 1.0' in reply.read().decode()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(STEP) == 0
+
+
+def test_remove_pip_empties_an_interpreter_with_pip(tmp_path: Path) -> None:
+    # What the runtime stage does to the base image's own Python, on a venv that has pip.
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "v")], check=True,
+                   timeout=STEP * 4)
+    python = tmp_path / "v" / "bin" / "python"
+    assert subprocess.run([str(python), "-c", "import pip"], check=False).returncode == 0
+    result = subprocess.run(["sh", str(SCRIPT), "remove-pip", str(python)], env=_env(),
+                            capture_output=True, text=True, timeout=STEP * 4, check=False)
+    assert result.returncode == 0, result.stderr
+    assert subprocess.run([str(python), "-c", "import pip"], capture_output=True,
+                          check=False).returncode != 0
+    assert not list((tmp_path / "v" / "bin").glob("pip*"))
+
+
+def test_the_script_refuses_a_bad_command_line() -> None:
+    for argv in ([], ["install"], ["remove-pip"], ["bogus", "x"]):
+        result = subprocess.run(["sh", str(SCRIPT), *argv], capture_output=True, text=True,
+                                timeout=STEP, check=False)
+        assert result.returncode == 2
+        assert result.stderr.startswith("usage: ")
 
 
 def test_dockerfile_runs_the_script_and_its_entry_points() -> None:

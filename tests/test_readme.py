@@ -224,13 +224,13 @@ async def _run_serve(flags: list[str]) -> None:
     try:
         buffer = b""
         with trio.fail_after(STEP):
-            while b"\n" not in buffer:  # bounded by the fail_after
+            while not re.search(rb"^listening (\d+)$", buffer, re.MULTILINE):  # fail_after
                 chunk = await proc.stdout.receive_some(4096)
                 assert chunk, "the server exited before listening"
                 buffer += chunk
-        line = buffer.split(b"\n")[0].decode()
-        assert line.startswith("listening ")
-        port = int(line.split()[1])
+        found = re.search(rb"^listening (\d+)$", buffer, re.MULTILINE)
+        assert found is not None
+        port = int(found.group(1))
         probe = await trio.run_process([*_probe_command(),
                                         f"-addr=127.0.0.1:{port}"], capture_stderr=True,
                                        check=False)
