@@ -312,7 +312,9 @@ class AdminServer:
 
     def _route(self, request: _Request) -> _Answer:
         path = request.path
-        if path in self.extra_routes and request.method == "GET":
+        if path in self.extra_routes:
+            if request.method != "GET":
+                return _Answer(405, {"error": "use GET"})
             status, ctype, data = self.extra_routes[path]()
             return _Answer(status, data, ctype)
         handler = self._handlers.get(path)

@@ -211,7 +211,8 @@ async def test_extra_routes_answer_get_only(start_admin: StartAdmin) -> None:
     reply = await admin.request("GET", "/metrics")
     assert (reply.status, reply.headers["content-type"], reply.body) == (
         200, "text/plain; version=0.0.4", b"up 1\n")
-    assert (await admin.request("POST", "/metrics", b"x")).status == 404
+    refused = await admin.request("POST", "/metrics", b"x")
+    assert (refused.status, refused.json) == (405, {"error": "use GET"})
 
 
 # ----------------------------------------------------------------------------- service names
