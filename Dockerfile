@@ -30,5 +30,8 @@ USER 10001:10001
 EXPOSE 50051 8081
 # The server drains on SIGTERM (NOT_SERVING, Watch streams ended, GOAWAY, --grace).
 STOPSIGNAL SIGTERM
+# For `docker run` (Kubernetes ignores it and uses the pod's probes): the default port's "".
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s \
+    CMD ["trio-grpc-health-probe", "-addr=127.0.0.1:50051", "-connect-timeout=2s"]
 ENTRYPOINT ["/opt/trio-grpc-health/bin/trio-grpc-health"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "50051"]

@@ -165,6 +165,7 @@ def test_dockerfile_runs_the_script_and_its_entry_points() -> None:
     assert 'ENTRYPOINT ["/opt/trio-grpc-health/bin/trio-grpc-health"]' in runtime
     assert "/opt/trio-grpc-health/bin" in re.search(r"^ENV PATH=(\S+)", runtime,
                                                     flags=re.MULTILINE).group(1)  # type: ignore[union-attr]
+    assert 'CMD ["trio-grpc-health-probe", "-addr=127.0.0.1:50051"' in runtime
     # Nothing in the runtime stage installs packages or compilers.
     assert not re.search(r"apt-get|pip install|gcc|build-essential", runtime)
     ignored = (ROOT / ".dockerignore").read_text().split()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import kubernetes_validate.utils
 import pytest
 import yaml
 
@@ -26,7 +27,9 @@ from health.probe import parse_args
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "examples" / "kubernetes").glob("*.yaml"))
 # The oldest schema kubernetes-validate bundles (the grpc probe itself is 1.24+) and the newest.
-VERSIONS = ["1.25.0", kubernetes_validate.latest_version()]
+_BUNDLED = sorted(kubernetes_validate.utils.all_versions(),
+                  key=lambda v: tuple(int(p) for p in v.split(".")))
+VERSIONS = sorted({_BUNDLED[0], kubernetes_validate.latest_version()})
 # Seconds a process needs to exit after its grace period, on top of delay + grace.
 EXIT_MARGIN = 2
 IMAGE_USER = 10001  # the Dockerfile's USER
