@@ -3,7 +3,10 @@
 Blocks are taken from the fenced code in README.md, each by its language:
 
 * ``python``: executed. A block that starts its own server has its port 50051 replaced by 0; a
-  client block is pointed at a real health server this test starts on 127.0.0.1 port 0. Top-level
+  client block (``127.0.0.1:50051`` or ``localhost:50051``) is pointed at a real server this
+  test starts on 127.0.0.1 port 0: the Health service with ``my.Service`` SERVING, plus
+  ``/my.Service/Echo`` (unary, answers the request) and ``/my.Service/Tail`` (streams the
+  request back three times), the names the README's examples use. Top-level
   ``await`` / ``async with`` run inside this test's Trio loop; a block that calls ``trio.run``
   runs in a worker thread. What they print must name statuses (``SERVING``), never ``1``.
 * ``toml``: loaded with ``health.config``;
@@ -23,6 +26,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,7 @@ import yaml
 
 from health import HealthServer, ServingStatus
 from health.config import parse_config
+from wire import ServerCall, unary_stream, unary_unary
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -96,6 +101,16 @@ def _printed_lines(out: str) -> list[str]:
     return lines
 
 
+def _echo(request: bytes, call: ServerCall) -> bytes:
+    return request
+
+
+async def _tail(request: bytes, call: ServerCall, send: Callable[[bytes], Awaitable[None]],
+                ) -> None:
+    for _ in range(3):
+        await send(request)
+
+
 async def _run_python(code: str, namespace: dict[str, Any]) -> None:
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     compiled = compile(code, str(README), "exec", flags=flags)
@@ -117,11 +132,14 @@ async def test_python_block_runs(block: Block, capsys: pytest.CaptureFixture[str
             await _run_python(code, namespace)
         _printed_lines(capsys.readouterr().out)
         return
-    health = HealthServer()
+    health = HealthServer(extra_handlers=[
+        unary_unary("/my.Service/Echo", _echo, bytes, bytes),
+        unary_stream("/my.Service/Tail", _tail, bytes, bytes)])
     health.set("my.Service", ServingStatus.SERVING)
     async with trio.open_nursery() as nursery:
         await nursery.start(health.serve_tcp, "127.0.0.1", 0)
-        code = block.code.replace("127.0.0.1:50051", f"127.0.0.1:{health.port}")
+        code = re.sub(r"\b(127\.0\.0\.1|localhost):50051\b", f"127.0.0.1:{health.port}",
+                      block.code)
         assert code != block.code, "a client block that names no server address"
 
         async def change_once_watched() -> None:
