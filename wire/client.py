@@ -37,20 +37,19 @@ from dataclasses import dataclass
 
 import trio
 
-from .client_connection import (
+from .client_connection import ClientConfig, ClientConnection, ServerProtocolError
+from .errors import RpcError
+from .events import (
     CallEnded,
-    ClientConfig,
-    ClientConnection,
     ClientEvent,
     ConnectionReady,
+    ConnectionTerminated,
     ResponseHeadersReceived,
     ResponseMessageReceived,
 )
-from .errors import ProtocolError, RpcError
-from .events import ConnectionTerminated
 from .framing import DEFAULT_MAX_MESSAGE_SIZE
 from .metadata import Metadata, MetadataLike
-from .status import StatusCode
+from .status import ErrorCode, StatusCode
 from .transport import Transport
 
 __all__ = [
@@ -207,8 +206,10 @@ class _Call:
 class _Connection:
     """One HTTP/2 connection of a channel: its socket, its protocol state and its tasks."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, forget: Callable[[_Connection], None]) -> None:
         self.channel = channel
+        # Tells the channel this connection takes no new calls (GOAWAY) or is over.
+        self._forget = forget
         self.conn = ClientConnection(
             channel.config,
             scheme="https" if channel.ssl_context is not None else "http",
@@ -226,6 +227,12 @@ class _Connection:
     def usable(self) -> bool:
         """True while new calls may be started here."""
         return not self.conn.going_away
+
+    @property
+    def output_backlog(self) -> int:
+        """Bytes queued in the sans-I/O connection plus those the writer holds."""
+        held = self.transport.backlog if self.transport is not None else 0
+        return self.conn.output_backlog + held
 
     # ------------------------------------------------------------------ running
 
@@ -260,7 +267,7 @@ class _Connection:
         finally:
             reason = self.lost_reason or "connection closed"
             self._fail_all(self.conn.connection_lost(reason), reason)
-            self.channel._forget(self)
+            self._forget(self)
             if stream is not None:
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(stream)
@@ -290,8 +297,11 @@ class _Connection:
                     cause = exc.__cause__ or exc
                     raise ConnectError(f"TLS handshake failed: {cause}", target=where) from None
                 alpn = tls.selected_alpn_protocol()
-                if alpn not in (None, "h2"):
-                    raise ConnectError(f"the server negotiated ALPN {alpn!r}, not h2",
+                if alpn != "h2":
+                    # PROTOCOL-HTTP2.md: gRPC over TLS is HTTP/2 selected by ALPN; grpcio and
+                    # grpc-go refuse a server that selects nothing ("missing selected ALPN").
+                    got = "no ALPN protocol" if alpn is None else f"ALPN {alpn!r}"
+                    raise ConnectError(f"the TLS server negotiated {got}; gRPC requires ALPN h2",
                                        target=where)
             await self._exchange_settings(stream)
         except BaseException:
@@ -314,7 +324,7 @@ class _Connection:
                                        "SETTINGS", target=where)
                 try:
                     events = self.conn.receive_data(bytes(data))
-                except ProtocolError as exc:
+                except ServerProtocolError as exc:
                     raise ConnectError(f"the server does not speak HTTP/2: {exc.message}",
                                        target=where) from None
                 for ev in events:
@@ -334,7 +344,15 @@ class _Connection:
 
     async def _read_loop(self, stream: trio.abc.Stream) -> None:
         conn = self.conn
+        pause = conn.config.output_backlog_pause
         while True:
+            transport = self.transport
+            if transport is not None and conn.output_backlog > pause:
+                # RFC 9113 section 10.5: a server flooding PINGs or SETTINGS while not reading
+                # our answers must not make them pile up; stop reading until they have left
+                # (the write timeout ends a server that never reads).
+                await transport.flushed()
+                continue
             try:
                 data = await stream.receive_some(_READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -345,8 +363,13 @@ class _Connection:
                 return
             try:
                 events = conn.receive_data(bytes(data))
-            except ProtocolError as exc:
-                self.lost_reason = f"HTTP/2 protocol error from the server: {exc.message}"
+            except ServerProtocolError as exc:
+                # Outcomes the bytes before the bad frame decided stand (a call that got its
+                # trailers is OK); the calls still open end with the reason below.
+                for ev in exc.events:
+                    self._dispatch(ev)
+                self.lost_reason = (f"HTTP/2 protocol error from the server "
+                                    f"({ErrorCode.describe(exc.error_code)}): {exc.message}")
                 self._wake()
                 return
             for ev in events:
@@ -372,7 +395,7 @@ class _Connection:
             self._ended(ev)
         elif isinstance(ev, ConnectionTerminated):
             # New calls go to a new connection; the calls the server kept run on here.
-            self.channel._forget(self)
+            self._forget(self)
         elif isinstance(ev, ConnectionReady):
             pass
 
@@ -549,6 +572,16 @@ class Channel:
         """True once the channel has been closed: every call fails UNAVAILABLE."""
         return self._closed
 
+    @property
+    def output_backlog(self) -> int:
+        """Bytes waiting to be written on the channel's connections (read-only).
+
+        What the sans-I/O connections queued plus what their writers hold; the read loops keep
+        it bounded (``ClientConfig.output_backlog_pause``) even against a server that floods
+        frames needing an answer while never reading.
+        """
+        return sum(conn.output_backlog for conn in self._connections)
+
     # ------------------------------------------------------------------ connections
 
     async def connect(self) -> None:
@@ -572,7 +605,7 @@ class Channel:
                     raise ConnectError(err.reason, target=err.target, timed_out=err.timed_out)
                 continue
             attempt = self._attempt = _Attempt()
-            conn = _Connection(self)
+            conn = _Connection(self, self._forget)
             self._connections.add(conn)
             try:
                 result: _Connection = await self._nursery.start(conn.run)
