@@ -240,6 +240,10 @@ class _FrameSplitter:
         """Add bytes read from the socket."""
         self._buffer += data
 
+    def clear(self) -> None:
+        """Drop what is buffered (the connection is over)."""
+        self._buffer.clear()
+
     def next_frame(self, max_frame_size: int) -> Frame | None:
         """The next whole frame, or None until more bytes arrive; raise _ConnectionError."""
         buf = self._buffer
@@ -594,6 +598,8 @@ class ClientConnection:
     def _fail(self, exc: _ConnectionError, events: list[ClientEvent]) -> None:
         self._going_away = True
         self._closed = True
+        self._frames.clear()
+        self._block = None
         # Anything h2 queued while failing is replaced by our own GOAWAY and its code.
         self._h2.data_to_send()
         self._goaway(exc.error_code, exc.message)
