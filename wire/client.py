@@ -573,6 +573,11 @@ class Channel:
         return self._closed
 
     @property
+    def connected(self) -> bool:
+        """True while the channel holds a connection that takes new calls."""
+        return self._current is not None and self._current.usable
+
+    @property
     def output_backlog(self) -> int:
         """Bytes waiting to be written on the channel's connections (read-only).
 
@@ -682,7 +687,8 @@ class Channel:
                     call.cancel()  # deadline or caller cancelled: RST_STREAM CANCEL
         if scope.cancelled_caught:
             raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded after {timeout:g} s")
-        assert call is not None and call.ended is not None
+        assert call is not None
+        assert call.ended is not None
         ended = call.ended
         if ended.code is not StatusCode.OK:
             raise ended.to_error()

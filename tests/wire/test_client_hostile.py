@@ -446,6 +446,24 @@ async def test_graceful_goaway_lets_the_call_finish() -> None:
         assert (await channel.unary_unary(METHOD, b"", timeout=5)).response == b"finished"
 
 
+async def test_graceful_goaway_lets_the_call_finish_and_the_next_call_reconnects() -> None:
+    async def script(peer: Peer) -> None:
+        await peer.handshake()
+        sid = await peer.next_call()
+        await peer.send(goaway(sid, ErrorCode.NO_ERROR) + ok_response(sid, b"kept"))
+        await peer.drain()  # the client closes the connection once its last call is over
+
+    async with hostile(script) as (channel, server):
+        assert (await channel.unary_unary(METHOD, b"", timeout=5)).response == b"kept"
+        for _ in range(100):  # bounded: until the client has let the old connection go
+            if not channel.connected:
+                break
+            await trio.sleep(0.01)
+        assert not channel.connected
+        assert (await channel.unary_unary(METHOD, b"", timeout=5)).response == b"kept"
+    assert len(server.peers) == 2
+
+
 async def test_goaway_with_error_and_debug_data_fails_calls_not_processed() -> None:
     script = one_call(goaway(0, ErrorCode.ENHANCE_YOUR_CALM, b"too_many_pings"))
     async with hostile(script) as (channel, _):
