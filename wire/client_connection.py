@@ -362,8 +362,10 @@ class ClientConnection:
         self._block_frames = 0
         # Bytes ready for data_to_send(); h2's own buffer is moved here after every step.
         self._out = bytearray()
-        # Request DATA held back because the output backlog was high.
+        # Request DATA held back because the output backlog was high, and the request DATA
+        # handed to h2 since data_to_send() last ran (counted without copying h2's buffer).
         self._data_held = False
+        self._data_queued = 0
 
     # ------------------------------------------------------------------ inspection
 
@@ -531,6 +533,7 @@ class ClientConnection:
     def data_to_send(self) -> bytes:
         """Bytes to write to the socket now (possibly empty)."""
         self._take_h2_output()
+        self._data_queued = 0
         if self._data_held and not self._closed:
             # Request DATA held back while the backlog was high may follow what leaves now.
             out = bytes(self._out)
@@ -584,7 +587,7 @@ class ClientConnection:
                 if frame is None:
                     break
                 self._receive_frame(frame, events)
-                if self.output_backlog > limit:
+                if len(self._out) > limit:  # _receive_frame moved h2's output here
                     # RFC 9113 section 10.5: ENHANCE_YOUR_CALM for a peer that makes us queue
                     # answers it does not read.
                     self._out.clear()
@@ -936,13 +939,14 @@ class ClientConnection:
                 window = h2conn.local_flow_control_window(sid)
                 if window <= 0:
                     return
-                if self.output_backlog >= high_water:
+                if self._data_queued + len(self._out) >= high_water:
                     # Leaves when data_to_send() has taken what is queued.
                     self._data_held = True
                     return
                 n = min(window, len(pending), h2conn.max_outbound_frame_size)
                 end = call.ending and n == len(pending)
                 h2conn.send_data(sid, bytes(pending[:n]), end_stream=end)
+                self._data_queued += n + _FRAME_HEADER
                 del pending[:n]
                 call.end_sent = end
             if call.ending and not call.end_sent:
