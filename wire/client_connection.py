@@ -52,7 +52,8 @@ others continue, and no new call may start (``going_away``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import h2
 import h2.config
@@ -93,6 +94,7 @@ from .grpc_headers import (
     split_metadata,
     status_from_trailers,
 )
+from .keepalive import TcpKeepalive
 from .metadata import Metadata, MetadataLike, to_headers
 from .status import ErrorCode, StatusCode, status_from_rst_stream
 from .timeout import format_timeout
@@ -178,6 +180,25 @@ class ClientConfig:
     #: Past this much queued output while receiving, GOAWAY ENHANCE_YOUR_CALM (a server that
     #: floods frames needing an answer while not reading ours).
     output_backlog_limit: int = 1024 * 1024
+
+    # HTTP/2 PING keepalive, grpc-go's keepalive.ClientParameters (run by wire.client).
+    #: Seconds without any frame from the server after which it is PINGed; None (the default,
+    #: as in grpc-go) is off.
+    keepalive_time: float | None = None
+    #: Seconds after that PING within which some frame must arrive, else the connection is
+    #: dead: it closes and its calls fail UNAVAILABLE.
+    keepalive_timeout: float = 20.0
+    #: PING also while no call is open (otherwise keepalive rests on an idle connection).
+    keepalive_without_calls: bool = False
+    #: TCP keepalive and TCP_USER_TIMEOUT on the channel's TCP sockets.
+    tcp_keepalive: TcpKeepalive = field(default_factory=TcpKeepalive)
+
+    def __post_init__(self) -> None:
+        time = self.keepalive_time
+        if time is not None and not (math.isfinite(time) and time > 0):
+            raise ValueError("keepalive_time must be a positive number of seconds, or None")
+        if not (math.isfinite(self.keepalive_timeout) and self.keepalive_timeout > 0):
+            raise ValueError("keepalive_timeout must be a positive number of seconds")
 
 
 # ---------------------------------------------------------------------- the h2 override

@@ -148,7 +148,7 @@ class ClientFrame:
 class Peer:
     """The server end of one accepted connection."""
 
-    stream: trio.SocketStream
+    stream: trio.abc.Stream
     received: list[ClientFrame] = field(default_factory=list)
     _buffer: bytearray = field(default_factory=bytearray)
     _preface_seen: bool = False

@@ -496,7 +496,7 @@ async def tls_server(cert: trustme.LeafCert, *, alpn: list[str] | None) -> Async
     async def handle(stream: trio.SSLStream[trio.SocketStream]) -> None:
         try:
             await stream.do_handshake()
-            peer = Peer(stream)  # type: ignore[arg-type]
+            peer = Peer(stream)
             await peer.handshake()
             await peer.next_call()
             await peer.send(ok_response(1, b"tls"))
