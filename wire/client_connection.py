@@ -74,7 +74,7 @@ from hyperframe.frame import (
 )
 
 from .compression import ACCEPT_ENCODING, SUPPORTED_ENCODINGS, compress
-from .errors import RemoteProtocolError, RpcError
+from .errors import LocalProtocolError, RemoteProtocolError, RpcError
 from .events import (
     CallEnded,
     ClientEvent,
@@ -530,7 +530,11 @@ class ClientConnection:
     def acknowledge_received(self, stream_id: int, size: int) -> None:
         """Hand ``size`` consumed bytes of ``stream_id`` back to the server's window."""
         if size > 0 and not self._closed:
-            self._h2.acknowledge_received_data(size, stream_id)
+            try:
+                self._h2.acknowledge_received_data(size, stream_id)
+            except (ValueError, h2.exceptions.ProtocolError) as exc:
+                raise LocalProtocolError(f"cannot acknowledge {size} bytes on stream "
+                                         f"{stream_id}: {exc}") from None
 
     def close(self, error_code: int = ErrorCode.NO_ERROR, message: str = "") -> list[CallEnded]:
         """Send GOAWAY and stop; every call still open ends (returned) with UNAVAILABLE."""
@@ -548,7 +552,12 @@ class ClientConnection:
         return self._end_all(StatusCode.UNAVAILABLE, why)
 
     def ping(self, opaque: bytes = b"\0" * 8) -> None:
-        """Send a PING."""
+        """Send a PING (8 bytes of ``opaque``); LocalProtocolError once the connection is over."""
+        if self._closed:
+            raise LocalProtocolError("cannot PING: the connection is closed")
+        if len(opaque) != 8:
+            # RFC 9113 section 6.7: "PING frames MUST contain 8 octets of opaque data".
+            raise LocalProtocolError(f"PING opaque data must be 8 bytes, not {len(opaque)}")
         self._h2.ping(opaque)
 
     def data_to_send(self) -> bytes:
@@ -736,9 +745,10 @@ class ClientConnection:
         malformed = (isinstance(exc, h2.exceptions.InvalidBodyLengthError)
                      or (type(exc) is h2.exceptions.ProtocolError
                          and isinstance(frame, HeadersFrame)))
-        if malformed and sid in self._calls:
+        if malformed and sid % 2 == 1:
             # RFC 9113 section 8.1.1: "Malformed requests or responses that are detected MUST
             # be treated as a stream error of type PROTOCOL_ERROR." h2 said connection error.
+            # (_check_stream made sure this is a stream we opened, ended or not.)
             if isinstance(frame, DataFrame) and frame.flow_controlled_length:
                 self._h2.acknowledge_received_data(frame.flow_controlled_length, sid)
             self._stream_error(sid, f"malformed response: {exc}", events)
@@ -747,10 +757,10 @@ class ClientConnection:
 
     def _stream_error(self, sid: int, why: str, events: list[ClientEvent]) -> None:
         call = self._calls.pop(sid, None)
-        if call is None:
-            return
         self._reset(sid, ErrorCode.PROTOCOL_ERROR)
         self._take_h2_output()
+        if call is None:
+            return  # a call already over (cancelled): only the server needs telling
         events.append(CallEnded(sid, StatusCode.INTERNAL, why, call.metadata,
                                 reset_code=ErrorCode.PROTOCOL_ERROR))
 

@@ -21,6 +21,7 @@ from wire.client_connection import (
     ClientEvent,
     ServerProtocolError,
 )
+from wire.errors import LocalProtocolError
 from wire.status import ErrorCode, StatusCode
 
 from .hostile_server import (
@@ -276,3 +277,23 @@ def test_outcome_byte_by_byte_equals_one_chunk() -> None:
     assert outcome(stream, list(range(len(stream)))) == whole
     assert whole[1][0] is StatusCode.OK
     assert whole[3][0] is StatusCode.INTERNAL
+
+
+def test_malformed_trailers_on_a_cancelled_call_reset_only_that_stream() -> None:
+    conn, (a, b) = connect(calls=2)
+    conn.receive_data(response_headers(a))
+    assert conn.cancel(a)
+    conn.data_to_send()
+    events = conn.receive_data(headers(a, [(b"grpc-status", b"0")]) + ok_response(b))
+    assert [(e.stream_id, e.code) for e in events if isinstance(e, CallEnded)] == [
+        (b, StatusCode.OK)]
+    assert not conn.closed
+
+
+def test_local_misuse_is_a_local_protocol_error() -> None:
+    conn, _ = connect()
+    with pytest.raises(LocalProtocolError, match="8 bytes"):
+        conn.ping(b"short")
+    conn.connection_lost()
+    with pytest.raises(LocalProtocolError, match="closed"):
+        conn.ping()
