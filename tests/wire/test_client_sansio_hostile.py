@@ -36,6 +36,7 @@ from .hostile_server import (
     goaway,
     grpc_message,
     headers,
+    literal,
     ok_response,
     ping,
     response_headers,
@@ -229,7 +230,20 @@ ANSWERS = {
     "half": lambda s: response_headers(s) + data(s, grpc_message(b"m" * 300)[:100]),
     "no-trailers": lambda s: response_headers(s) + data(s, grpc_message(b"m"), end_stream=True),
     "trailers-no-end": lambda s: response_headers(s) + headers(s, [(b"grpc-status", b"0")]),
+    "continued": lambda s: _continued(s) + data(s, grpc_message(b"c")) + trailers(s),
+    "padded": lambda s: response_headers(s) + frame(DATA, PADDED, s, b"\x03" +
+                                                    grpc_message(b"p") + b"\0\0\0") +
+    trailers(s, b"3"),
+    "pinged": lambda s: response_headers(s) + ping(b"interlea") + data(s, grpc_message(b"i"))
+    + ping(b"interlea") + trailers(s),
 }
+
+
+def _continued(sid: int) -> bytes:
+    block = literal([*RESPONSE, (b"x-long", b"v" * 300)])
+    return headers(sid, [], block=block[:100], end_headers=False) + \
+        frame(CONTINUATION, 0, sid, block[100:200]) + \
+        frame(CONTINUATION, 4, sid, block[200:])
 TAILS = {
     "none": b"",
     "bad-window": window_update(0, 0),
