@@ -633,8 +633,8 @@ class ClientConnection:
         self._closed = True
         self._frames.clear()
         self._block = None
-        # Anything h2 queued while failing is replaced by our own GOAWAY and its code.
-        self._h2.data_to_send()
+        # h2 queued nothing for the failing frame (its handler raised before any output), so
+        # our GOAWAY, with the code we chose, follows what earlier frames and calls queued.
         self._goaway(exc.error_code, exc.message)
         call = self._calls.pop(exc.stream_id, None) if exc.stream_id else None
         if call is not None:
