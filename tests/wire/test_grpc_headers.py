@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import h2.config
+import h2.connection
 import pytest
 
+from wire.connection import ServerConnection
+from wire.events import RequestReceived, RequestRejected
 from wire.grpc_headers import (
     GrpcStatus,
     HeaderError,
+    RequestHead,
     ResponseHead,
     decode_grpc_message,
     header_list_size,
@@ -139,8 +144,10 @@ def test_request_defaults() -> None:
 
 
 def _replace(headers: H, name: bytes, value: bytes | None) -> H:
-    out = [(n, v) for n, v in headers if n != name]
-    return out if value is None else [*out, (name, value)]
+    """``headers`` with ``name`` set to ``value`` in place (or dropped when None)."""
+    if value is None:
+        return [(n, v) for n, v in headers if n != name]
+    return [(n, value if n == name else v) for n, v in headers]
 
 
 @pytest.mark.parametrize(("headers", "http", "code", "fragment"), [
@@ -246,3 +253,53 @@ def test_http_fallback_keeps_metadata() -> None:
     md = Metadata([("k", "v")])
     assert http_fallback(ResponseHead(404, None, False, None), md).metadata == md
     assert http_fallback(ResponseHead(404, None, False, None), md).code is StatusCode.UNIMPLEMENTED
+
+
+# ---------------------------------------------------------------------- parity with the server
+
+SERVER_CASES: list[H] = [
+    GOOD_REQUEST,
+    _replace(GOOD_REQUEST, b":method", b"GET"),
+    _replace(GOOD_REQUEST, b"content-type", b"text/html"),
+    _replace(GOOD_REQUEST, b"te", None),
+    [*GOOD_REQUEST, (b"grpc-timeout", b"1X")],
+    [*GOOD_REQUEST, (b"grpc-timeout", b"123456789S")],
+    [*GOOD_REQUEST, (b"x-bin", b"!")],
+    [*GOOD_REQUEST, (b"grpc-encoding", b"br")],
+    [*GOOD_REQUEST, (b"grpc-encoding", b"gzip"), (b"grpc-accept-encoding", b"gzip")],
+    [*GOOD_REQUEST, (b"x-big", b"v" * 17000)],
+]
+
+
+def _server_answer(request: H) -> tuple[int, StatusCode | None, RequestHead | None]:
+    """What ServerConnection answers to ``request``: HTTP status, gRPC status, or the call."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding=None, validate_outbound_headers=False))
+    client.initiate_connection()
+    # Let a 17 KB request out: the server advertises 16 KiB but decodes up to its hard limit.
+    client.local_settings.max_header_list_size = 1 << 20
+    server = ServerConnection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    client.send_headers(1, request, end_stream=True)
+    events = server.receive_data(client.data_to_send())
+    for ev in events:
+        if isinstance(ev, RequestReceived):
+            return 200, None, RequestHead(ev.method, ev.authority, ev.timeout, ev.metadata,
+                                          ev.encoding, ev.accept_encoding)
+        if isinstance(ev, RequestRejected):
+            return ev.http_status, ev.code, None
+    raise AssertionError(f"server reported neither a call nor a rejection: {events}")
+
+
+@pytest.mark.parametrize("request_headers", SERVER_CASES)
+def test_parse_request_headers_agrees_with_the_server(request_headers: H) -> None:
+    # The server connection will switch to parse_request_headers; until then they must agree.
+    http, code, head = _server_answer(request_headers)
+    try:
+        mine = parse_request_headers(request_headers, max_header_list_size=16 * 1024)
+    except HeaderError as exc:
+        assert (exc.http_status, exc.code) == (http, code)
+        assert head is None
+    else:
+        assert head == mine
