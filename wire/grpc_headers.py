@@ -140,6 +140,10 @@ def malformed_reason(headers: Headers, *, response: bool, trailers: bool = False
                 return "duplicate :status"
             if len(value) != 3 or not set(value) <= _DIGITS:
                 return f"invalid :status {_show(value)}"
+            if value == b"101":
+                # 8.6: "The 101 (Switching Protocols) informational status code ... is not
+                # supported by HTTP/2"; a response carrying it is malformed.
+                return ":status 101 (Switching Protocols) in HTTP/2"
             continue
         seen_regular = True
         reason = _field_problem(name, value)

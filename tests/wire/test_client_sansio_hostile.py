@@ -190,6 +190,7 @@ def test_priority_on_an_idle_stream_is_allowed() -> None:
 @pytest.mark.parametrize(("raw", "fragment"), [
     (headers(1, [(b":status", b"100")], end_stream=True), "malformed response"),
     (headers(1, [(b":status", b"103"), (b"X-Bad", b"v")]), "malformed header"),
+    (headers(1, [(b":status", b"101")]), "Switching Protocols"),
     (headers(1, [*RESPONSE, (b"content-length", b"2")]) + data(1, b"12345"),
      "malformed response"),
     (headers(1, [*RESPONSE, (b"content-length", b"nope")]), "malformed response"),

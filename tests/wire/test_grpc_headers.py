@@ -83,6 +83,7 @@ GOOD_RESPONSE: H = [(b":status", b"200"), (b"content-type", b"application/grpc")
     ([(b":status", b"200"), (b":status", b"200")], False, "duplicate :status"),
     ([(b":status", b"20")], False, "invalid :status"),
     ([(b":status", b"2x0")], False, "invalid :status"),
+    ([(b":status", b"101")], False, ":status 101"),
     ([(b":path", b"/")], False, "unexpected pseudo-header"),
     ([(b"content-type", b"a"), (b":status", b"200")], False, "after a regular header"),
     ([(b":status", b"200"), (b"grpc-status", b"0")], True, "in trailers"),
