@@ -9,12 +9,11 @@ The names below are loaded on first use (PEP 562), so ``import wire`` or importi
 module never loads Trio; ``from wire import Server`` loads the server side.
 """
 
-from __future__ import annotations
+# Private aliases: every public attribute of the package is a name of __all__ (or a submodule).
+import importlib as _importlib
+import typing as _typing
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from .calls import ConnectionInfo, PushCall, ServerCall
     from .client import (
         Channel,
@@ -103,12 +102,12 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     """Load a public name from its module on first use (then it is a plain attribute)."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
 
