@@ -42,6 +42,7 @@ from .events import (
     MessageReceived,
     RequestEnded,
     RequestReceived,
+    RequestRejected,
     StreamReset,
 )
 from .handlers import MethodHandler, MethodKind
@@ -321,9 +322,9 @@ class ConnectionDriver:
         if how is Ending.ANSWER:
             logger.debug("%s: call %s ended %s in %.1f ms", self._info.peer, method, code.name, ms)
         else:
-            # Server-chosen reasons only; a handler's message is the application's business.
-            logger.debug("%s: call %s ended %s in %.1f ms (%s: %s)", self._info.peer, method,
-                         code.name, ms, how.value, _quoted(message))
+            # The server's own reason; a handler's message is the application's business.
+            logger.debug("%s: call %s ended %s in %.1f ms: %s", self._info.peer, method,
+                         code.name, ms, _quoted(message))
 
     # ------------------------------------------------------------------ writer
 
@@ -533,6 +534,14 @@ class ConnectionDriver:
         if call is not None:
             call.end(ev.code, ev.message, how=Ending.GONE)
 
+    def _on_rejected(self, ev: RequestRejected) -> None:
+        # Not the message: it may quote the offending header's value.
+        if logger.isEnabledFor(logging.DEBUG):
+            answer = f"HTTP {ev.http_status}" if ev.http_status else "RST_STREAM"
+            code = f", {ev.code.name}" if ev.code is not None else ""
+            logger.debug("%s: request on stream %d refused (%s%s)", self._info.peer,
+                         ev.stream_id, answer, code)
+
     def _on_goaway(self, ev: ConnectionTerminated) -> None:
         # A client's GOAWAY names the last *server-initiated* stream it processed (RFC 9113
         # section 6.8); we initiate none, so every call it started stays valid: let them
@@ -546,6 +555,7 @@ class ConnectionDriver:
         RequestEnded: _on_request_ended,
         StreamReset: _on_reset,
         CallAborted: _on_aborted,
+        RequestRejected: _on_rejected,
         ConnectionTerminated: _on_goaway,
     }
 

@@ -22,8 +22,8 @@ from wire import (
     StatusCode,
     unary_unary,
 )
+from wire.calls import PushCall
 from wire.handlers import unary_stream_push
-from wire.server import PushCall
 
 from .h2client import grpc_frame, open_memory_client
 from .test_server_raw import BOUND, CANCEL, assert_ok, assert_trailers_only, unary
