@@ -56,7 +56,8 @@ async def test_debug_lines_name_method_code_and_reason_never_values(
     # One line per call, however it ended: every ending goes through the same path.
     assert len(lines) == 5, lines
     echo, fail, nope, deadline, reset = lines
-    assert echo.startswith("memory: call /test.Wire/Echo ended OK in ") and echo.endswith(" ms")
+    assert echo.startswith("memory: call /test.Wire/Echo ended OK in ")
+    assert echo.endswith(" ms")
     assert "/test.Wire/Fail ended FAILED_PRECONDITION" in fail
     assert "call '/test.Wire/Nope' ended UNIMPLEMENTED" in nope
     assert "/test.Wire/Sleep ended DEADLINE_EXCEEDED" in deadline
@@ -68,7 +69,9 @@ async def test_debug_lines_name_method_code_and_reason_never_values(
     assert "memory: connection closed (client closed the connection)" in messages
     assert f"memory: request on stream {refused.stream_id} refused (HTTP 415, INTERNAL)" in messages
     for text in messages:
-        assert "s3cr3t" not in text and "k3y-v4lue" not in text and "payload-bytes" not in text
+        assert "s3cr3t" not in text
+        assert "k3y-v4lue" not in text
+        assert "payload-bytes" not in text
 
 
 async def test_call_duration_is_logged(autojump_clock: trio.testing.MockClock,
@@ -107,11 +110,13 @@ async def test_no_debug_lines_unless_enabled(server: Server,
 
 
 async def test_connection_stats_follow_calls(server: Server, service: WireService) -> None:
-    assert server.connection_count == 0 and list(server.connections()) == []
+    assert server.connection_count == 0
+    assert list(server.connections()) == []
     async with open_memory_client(server.serve_stream) as client:
         await unary(client, ECHO)
         [info] = server.connections()
-        assert info.peer == "memory" and server.connection_count == 1
+        assert info.peer == "memory"
+        assert server.connection_count == 1
         [idle] = server.connection_stats()
         assert idle == ConnectionStats(info=info, calls=frozenset(), open_streams=0,
                                        held=frozenset(), pending_output={}, write_backlog=0,
@@ -121,17 +126,21 @@ async def test_connection_stats_follow_calls(server: Server, service: WireServic
             await service.all_in.wait()
         [busy] = server.connection_stats()
         assert busy.info is info
-        assert busy.calls == {sid} and busy.open_streams == 1
-        assert busy.pending_output == {sid: 0} and busy.held == frozenset()
+        assert busy.calls == {sid}
+        assert busy.open_streams == 1
+        assert busy.pending_output == {sid: 0}
+        assert busy.held == frozenset()
         service.release.set()
         with trio.fail_after(BOUND):
             assert_ok(await client.wait(sid), [b"b"])
         await trio.testing.wait_all_tasks_blocked()
         [done] = server.connection_stats()
-        assert done.calls == frozenset() and done.open_streams == 0
+        assert done.calls == frozenset()
+        assert done.open_streams == 0
     with trio.fail_after(BOUND):
         await server.wait_no_connections()
-    assert server.connection_count == 0 and server.connection_stats() == []
+    assert server.connection_count == 0
+    assert server.connection_stats() == []
 
 
 async def test_connection_stats_show_a_stream_held_by_flow_control(
@@ -150,7 +159,8 @@ async def test_connection_stats_show_a_stream_held_by_flow_control(
             await service.cancelled.wait()
         await trio.testing.wait_all_tasks_blocked()
         [after] = server.connection_stats()
-        assert after.calls == frozenset() and after.held == frozenset()
+        assert after.calls == frozenset()
+        assert after.held == frozenset()
 
 
 async def test_shutdown_marks_connections_draining(server: Server,
@@ -163,7 +173,8 @@ async def test_shutdown_marks_connections_draining(server: Server,
             nursery.start_soon(server.shutdown, BOUND)
             await trio.testing.wait_all_tasks_blocked()
             [stats] = server.connection_stats()
-            assert stats.draining and stats.calls == {sid}
+            assert stats.draining
+            assert stats.calls == {sid}
             service.release.set()
         assert_ok(await client.wait(sid), [b"b"])
     assert server.connection_count == 0

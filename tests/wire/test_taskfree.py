@@ -138,7 +138,8 @@ async def test_sync_unary_ok_runs_in_the_reader(tf_server: Server, tf: TaskFreeS
     assert_ok(first, [b"one"])
     assert_ok(second, [b"two"])
     # No task per call: both ran in the same (reader) task.
-    assert len(tf.tasks) == 2 and tf.tasks[0] is tf.tasks[1]
+    assert len(tf.tasks) == 2
+    assert tf.tasks[0] is tf.tasks[1]
 
 
 async def test_sync_unary_metadata(tf_server: Server) -> None:
@@ -321,7 +322,8 @@ async def test_push_deadline_ends_with_deadline_exceeded(
         assert trio.current_time() - start == pytest.approx(0.1, abs=0.01)
         assert rec.grpc_status == StatusCode.DEADLINE_EXCEEDED
         assert rec.payloads() == [b"hello w"]
-        assert call.closed and tf.closed == [sid]
+        assert call.closed
+        assert tf.closed == [sid]
         # The other call, with a later deadline, is still open until then.
         assert not long_call.closed
         assert long_call.send(b"later")
@@ -344,7 +346,8 @@ async def test_push_shutdown_ends_after_grace(tf_server: Server, tf: TaskFreeSer
     assert rec.grpc_message == "server is shutting down"
     assert rec.payloads() == [b"hello w"]
     assert tf.closed == [sid]
-    assert client.goaways and client.goaways[0].error_code == h2.errors.ErrorCodes.NO_ERROR
+    assert client.goaways
+    assert client.goaways[0].error_code == h2.errors.ErrorCodes.NO_ERROR
 
 
 async def test_push_finished_by_producer_lets_shutdown_complete(
