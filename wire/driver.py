@@ -235,9 +235,9 @@ class ConnectionDriver:
                 call.end(StatusCode.CANCELLED, "connection lost", how=Ending.GONE)
             logger.debug("%s: connection closed (%s)", self._info.peer, self._why_closed())
 
-    def start_drain(self) -> None:
-        """Graceful shutdown: GOAWAY now, close once the calls in flight are over."""
-        self._closing("server shutdown")
+    def start_drain(self, reason: str = "server shutdown") -> None:
+        """GOAWAY now, close once the calls in flight are over; ``reason`` goes to the log."""
+        self._closing(reason)
         self._conn.start_drain()
         self._transport.wake()
         if not self._calls:

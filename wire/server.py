@@ -18,7 +18,7 @@ UNAVAILABLE and close.
 
 What is open can be observed, read-only: ``connection_count``, ``connections()`` (the
 ``ConnectionInfo`` of each), ``connection_stats()`` (a ``ConnectionStats`` snapshot of each) and
-``wait_no_connections()``.
+``wait_no_connections()``; ``drain_connection(info)`` closes one connection gracefully.
 """
 
 from __future__ import annotations
@@ -116,6 +116,18 @@ class Server:
     def connection_stats(self) -> list[ConnectionStats]:
         """A snapshot of each connection's calls, held streams and write backlog."""
         return [driver.stats() for driver in self._connections]
+
+    def drain_connection(self, info: ConnectionInfo) -> bool:
+        """Send GOAWAY on one connection, closing it once its calls are over.
+
+        Returns False if ``info`` is not a connection being served. Clients reconnect for new
+        calls, as after grpc-go's ``MaxConnectionAge``.
+        """
+        for driver in self._connections:
+            if driver.info is info:
+                driver.start_drain("drained by the application")
+                return True
+        return False
 
     async def wait_no_connections(self) -> None:
         """Return once no connection is being served (at once if none is)."""

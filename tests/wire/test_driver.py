@@ -178,3 +178,29 @@ async def test_shutdown_marks_connections_draining(server: Server,
             service.release.set()
         assert_ok(await client.wait(sid), [b"b"])
     assert server.connection_count == 0
+
+
+async def test_drain_one_connection(server: Server, service: WireService,
+                                    caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="wire.server"):
+        async with open_memory_client(server.serve_stream) as client, \
+                open_memory_client(server.serve_stream) as other:
+            sid = await client.request(BLOCK, grpc_frame(b"kept"))
+            with trio.fail_after(BOUND):
+                await service.all_in.wait()
+            [info] = [s.info for s in server.connection_stats() if s.calls]
+            assert server.drain_connection(info)
+            await trio.testing.wait_all_tasks_blocked()
+            assert [g.error_code for g in client.goaways] == [0]
+            assert other.goaways == []
+            # The call in flight finishes; then the drained connection closes.
+            service.release.set()
+            assert_ok(await client.wait(sid), [b"kept"])
+            with trio.fail_after(BOUND):
+                while info in list(server.connections()):
+                    await trio.testing.wait_all_tasks_blocked()
+            assert server.connection_count == 1
+            assert_ok(await unary(other, ECHO, b"still"), [b"still"])
+            assert not server.drain_connection(info)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "memory: connection closed (drained by the application)" in messages
