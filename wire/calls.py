@@ -114,7 +114,12 @@ class CallHost(Protocol):
 
 
 class ServerCall:
-    """The server side of one call, as its handler sees it."""
+    """The server side of one call, as its handler sees it.
+
+    Handlers use the attributes and the methods of the first section (``metadata``,
+    ``deadline``, ``time_remaining()``, ``peer``, ``connection``, ``set_*``, ``send_message``);
+    the rest is how the connection driver feeds the call its request and ends it.
+    """
 
     __slots__ = (
         "_accept_encoding",
