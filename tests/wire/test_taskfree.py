@@ -361,3 +361,27 @@ async def test_push_finished_by_producer_lets_shutdown_complete(
         rec = await client.wait(sid)
     assert rec.grpc_status == StatusCode.UNAVAILABLE
     assert rec.grpc_message == "bye"
+
+
+async def test_sync_call_waiting_for_its_request_ends_with_shutdown(
+        tf_server: Server, tf: TaskFreeService, autojump_clock: trio.abc.Clock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Its handler never ran: the status alone (Trailers-Only), logged once, like every ending.
+    with caplog.at_level(logging.DEBUG, logger="wire.server"):
+        async with open_memory_client(tf_server.serve_stream) as client:
+            sid = await client.request(SYNC_META, grpc_frame(b"half"), end_stream=False)
+            push_sid, _call = await _open_push(client, tf)
+            with trio.fail_after(BOUND * 10):
+                await tf_server.shutdown(2)
+            rec = await client.wait(sid)
+            push = await client.wait(push_sid)
+    assert_trailers_only(rec, StatusCode.UNAVAILABLE)
+    assert rec.grpc_message == "server is shutting down"
+    assert rec.trailers.get("x-trailing") is None
+    assert push.grpc_status == StatusCode.UNAVAILABLE
+    assert tf.tasks == []
+    ended = [r.getMessage() for r in caplog.records if " ended " in r.getMessage()]
+    assert ended == [
+        f"memory: call {SYNC_META} ended UNAVAILABLE in 2000.0 ms: 'server is shutting down'",
+        f"memory: call {PUSH} ended UNAVAILABLE in 2000.0 ms",
+    ]
