@@ -110,7 +110,7 @@ class CallHost(Protocol):
         """Have the writer call ``call.flush_outbox()`` before its next write."""
 
     def call_ended(self, call: ServerCall, code: StatusCode, how: Ending, message: str) -> None:
-        """Forget an ended call (and log it)."""
+        """Forget an ended call (and log it), and wake the writer for what it sent."""
 
 
 class ServerCall:
@@ -241,9 +241,7 @@ class ServerCall:
         if self._scope is not None:
             self._scope.cancel()
         self._ended()
-        host = self._host
-        host.call_ended(self, code, how, message)
-        host.wake_writer()
+        self._host.call_ended(self, code, how, message)
         return True
 
     def fail(self, exc: Exception) -> None:
@@ -328,7 +326,8 @@ class ServerCall:
 
     def answer(self, payload: bytes) -> None:
         """A sync handler's response: queue it (the status follows with ``end``)."""
-        self._send_initial_metadata()
+        if self._initial_metadata:
+            self._send_initial_metadata()
         self._conn.send_message(self.stream_id, payload)
 
     def _send_initial_metadata(self) -> None:
@@ -338,7 +337,8 @@ class ServerCall:
 
     def _ended(self) -> None:
         """The call is over: release a sender waiting for window."""
-        self.output_drained()
+        if self._send_wakeup is not None:
+            self.output_drained()
 
 
 class PushCall(ServerCall):

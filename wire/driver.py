@@ -294,7 +294,9 @@ class ConnectionDriver:
         self.wake_writer()
 
     def call_ended(self, call: ServerCall, code: StatusCode, how: Ending, message: str) -> None:
-        """Forget an ended call, and log it."""
+        """Forget an ended call, log it, and wake the writer for what it sent."""
+        if not self._in_batch:
+            self._transport.wake()
         sid = call.stream_id
         if self._calls.pop(sid, None) is None:
             return
