@@ -11,6 +11,7 @@ module never loads Trio; ``from wire import Server`` loads the server side.
 
 # Private aliases: every public attribute of the package is a name of __all__ (or a submodule).
 import importlib as _importlib
+import importlib.util as _importlib_util
 import typing as _typing
 
 if _typing.TYPE_CHECKING:
@@ -103,13 +104,19 @@ __all__ = [
 
 
 def __getattr__(name: str) -> _typing.Any:
-    """Load a public name from its module on first use (then it is a plain attribute)."""
+    """Load a public name from its module on first use (then it is a plain attribute).
+
+    A submodule is imported on first use too, so ``import wire; wire.metadata.Metadata`` keeps
+    working as it did when this package imported everything eagerly.
+    """
     module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+    if module is not None:
+        value = getattr(_importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_") and _importlib_util.find_spec(f"{__name__}.{name}") is not None:
+        return _importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

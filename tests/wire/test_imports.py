@@ -145,6 +145,20 @@ def test_dir_lists_exactly_the_public_names() -> None:
     assert public == set(wire.__all__) - {"__version__"}
 
 
+def test_submodules_load_on_first_use() -> None:
+    # Before the names became lazy, ``import wire`` made every submodule an attribute.
+    code = ("import sys, wire\n"
+            "assert 'wire.metadata' not in sys.modules\n"
+            "assert wire.metadata.Metadata is wire.Metadata\n"
+            "assert 'trio' not in sys.modules\n"
+            "assert wire.server.Server is wire.Server\n"
+            "print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ok"]
+
+
 def test_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         _ = wire.Nope  # type: ignore[attr-defined]
