@@ -8,8 +8,9 @@ Imports point one way: ``health`` uses ``wire``; ``wire`` never imports ``health
 
 from .errors import HealthError, InvalidStatusError, ServiceNameError, WatcherLimitError
 from .service import HealthServer, HealthService, serve_health
-from .state import HealthState, Watcher
 from .status import ServingStatus, parse_status
+from .status_map import HealthState
+from .subscriptions import Watcher
 
 __all__ = [
     "HealthError",

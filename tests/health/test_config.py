@@ -1,23 +1,22 @@
-"""The sidecar config file: the example loads, bad files name the key and the line, and
-``run_sidecar`` runs the configured checks against loopback servers."""
+"""The sidecar config file (pure: TOML in, frozen dataclasses out): the example loads, and bad
+files name the key and the line. Building and running a config is tested in test_sidecar.py."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-import trio
-import trio.testing
 
-from health import HealthState, ServingStatus, serve_health
+from health import ServingStatus
 from health.config import (
+    CommandProbeConfig,
     ConfigError,
+    HttpProbeConfig,
     SidecarConfig,
+    TcpProbeConfig,
     TlsConfig,
     load_config,
     parse_config,
-    run_sidecar,
 )
 
 SERVING = ServingStatus.SERVING
@@ -60,8 +59,9 @@ def test_example_loads() -> None:
         "example.Jobs": UNKNOWN,
         "": UNKNOWN,
     }
-    runner = config.check_runner(HealthState())
-    assert [c.name for c in runner.checks] == [c.name for c in config.checks]
+    assert config.managed_services() == ["example.Orders", "example.Jobs", ""]
+    assert isinstance(api.probe, HttpProbeConfig)
+    assert api.probe.headers == (("Accept", "application/json"),)
 
 
 def test_empty_file_gives_the_serve_defaults() -> None:
@@ -92,9 +92,8 @@ failure_threshold = 1
     assert check.service == ""
     assert (check.interval, check.timeout, check.failure_threshold,
             check.success_threshold) == (3.0, 1.0, 1, 1)
-    built = check.to_check()
-    assert built.failure_threshold == 1
-    assert built.threaded is False
+    assert check.probe == TcpProbeConfig("localhost", 1)
+    assert check.params == {"host": "localhost", "port": 1}
 
 
 def test_tls_files(tmp_path: Path) -> None:
@@ -262,72 +261,47 @@ def test_load_config_resolves_paths_next_to_the_file(tmp_path: Path) -> None:
     assert config.path == path
 
 
-# ----------------------------------------------------------------- run_sidecar
-
-
-async def test_run_sidecar_runs_the_checks() -> None:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    db_port = listeners[0].socket.getsockname()[1]
-    async with trio.open_nursery() as nursery:
-
-        async def handler(stream: trio.SocketStream) -> None:
-            await stream.aclose()
-
-        nursery.start_soon(trio.serve_listeners, handler, listeners)
-        upstream = await nursery.start(serve_health, "127.0.0.1", 0)
-        upstream.set("up", NOT_SERVING)
-        config = parse_config(f"""
-[server]
-admin_port = 0
-metrics = true
-
-[services.static]
-status = "SERVING"
-
-[[services.db.checks]]
-type = "tcp"
-host = "127.0.0.1"
-port = {db_port}
-timeout = {REAL_TIMEOUT}
-
+def test_parsing_is_pure_and_command_paths_resolve(tmp_path: Path) -> None:
+    (tmp_path / "work").mkdir()
+    config = parse_config("""
 [[services.jobs.checks]]
 type = "command"
-argv = [{sys.executable!r}, "-c", "raise SystemExit(3)"]
-timeout = {REAL_TIMEOUT}
-
-[[services.up.checks]]
-type = "grpc"
-target = "127.0.0.1:{upstream.port}"
-service = "up"
-timeout = {REAL_TIMEOUT}
-""")
-        state = HealthState(config.initial_statuses())
-        assert state.snapshot() == {"": UNKNOWN, "static": SERVING, "db": UNKNOWN,
-                                    "jobs": UNKNOWN, "up": UNKNOWN}
-        sidecar = await nursery.start(run_sidecar, config, state)
-        assert state.snapshot() == {"": NOT_SERVING, "static": SERVING, "db": SERVING,
-                                    "jobs": NOT_SERVING, "up": NOT_SERVING}
-        routes = sidecar.admin_routes()
-        status, _, body = routes["/metrics"]()
-        assert status == 200
-        assert b'grpc_health_check_healthy{check="db/tcp0",service="db"} 1.0' in body
-        nursery.cancel_scope.cancel()
+argv = ["true"]
+cwd = "work"
+""", base=tmp_path)
+    (check,) = config.checks
+    assert check.probe == CommandProbeConfig(("true",), str(tmp_path / "work"))
+    assert check.params == {"argv": ["true"], "cwd": str(tmp_path / "work")}
+    # Equal files give equal, hashable values: nothing live was built.
+    assert config == parse_config(
+        '[[services.jobs.checks]]\ntype = "command"\nargv = ["true"]\ncwd = "work"\n',
+        base=tmp_path)
+    assert hash(config.checks) == hash(config.checks)
 
 
-async def test_run_sidecar_without_checks_or_metrics(
-        autojump_clock: trio.testing.MockClock) -> None:
-    state = HealthState()
-    async with trio.open_nursery() as nursery:
-        sidecar = await nursery.start(run_sidecar, None, state)
-        assert sidecar.runner is None
-        assert sidecar.admin_routes() == {}
-        assert state.snapshot() == {"": SERVING}
-        nursery.cancel_scope.cancel()
+def test_status_overrides_win_over_the_file() -> None:
+    config = parse_config('[services.a]\nstatus = "SERVING"\n')
+    assert config.initial_statuses() == {"a": SERVING}
+    overridden = SidecarConfig(services=config.services,
+                               status_overrides=(("a", NOT_SERVING), ("b", UNKNOWN)))
+    assert overridden.initial_statuses() == {"a": NOT_SERVING, "b": UNKNOWN}
+    # The checks' own "until the first results" status still comes from the file.
+    assert overridden.pending_statuses() == {"a": SERVING}
 
 
-async def test_run_sidecar_metrics_flag(autojump_clock: trio.testing.MockClock) -> None:
-    state = HealthState()
-    async with trio.open_nursery() as nursery:
-        sidecar = await nursery.start(run_sidecar, None, state, None, True)
-        assert set(sidecar.admin_routes()) == {"/metrics"}
-        nursery.cancel_scope.cancel()
+def test_bad_http_url_port() -> None:
+    error = bad("[[services.a.checks]]\ntype = 'http'\nurl = 'http://h:99999/'\n")
+    assert (error.line, error.key) == (3, "services.a.checks[0].url")
+    error = bad("[[services.a.checks]]\ntype = 'http'\nurl = 'http:///x'\n")
+    assert "no host" in str(error)
+
+
+def test_run_sidecar_moved_with_a_warning() -> None:
+    import health.config
+    import health.sidecar
+
+    with pytest.warns(DeprecationWarning, match=r"health\.sidecar\.run_sidecar"):
+        moved = health.config.run_sidecar  # type: ignore[attr-defined]
+    assert moved is health.sidecar.run_sidecar
+    with pytest.raises(AttributeError, match="nothing_here"):
+        _ = health.config.nothing_here  # type: ignore[attr-defined]

@@ -90,12 +90,15 @@ def test_unknown_service_then_set_then_removed_and_isolation() -> None:
 def test_close_unregisters_and_silences() -> None:
     state = HealthState({"svc": SERVING})
     sub, rec = subscribe(state, "svc", owner="conn")
-    assert state.watcher_count == 1 and state.watcher_count_for("conn") == 1
+    assert state.watcher_count == 1
+    assert state.watcher_count_for("conn") == 1
     sub.close()
     sub.close()  # idempotent
     assert sub.closed
-    assert state.watcher_count == 0 and state.watcher_count_for("conn") == 0
-    assert not state._watchers and not state._owner_counts
+    assert state.watcher_count == 0
+    assert state.watcher_count_for("conn") == 0
+    assert state.watched_service_count == 0
+    assert state.watcher_owner_count == 0
     state.set("svc", NOT_SERVING)
     assert rec.notified == 0
     assert sub.take() is None
@@ -260,6 +263,7 @@ async def test_watch_never_read_keeps_only_latest() -> None:
         await trio.testing.wait_all_tasks_blocked()
         got = [HealthCheckResponse.FromString(p).status for p in client.streams[sid].payloads()]
     assert got[0] == SERVING
-    assert got[-1] == UNKNOWN and got.count(UNKNOWN) == 1
+    assert got[-1] == UNKNOWN
+    assert got.count(UNKNOWN) == 1
     assert all(a != b for a, b in itertools.pairwise(got))
     assert len(got) <= 64 // 7 + 3

@@ -1,4 +1,4 @@
-"""Tests of the gRFC A17 health watcher, on Trio's MockClock: no real sleeps, exact timings.
+"""Tests of the gRFC A17 backend follower, on Trio's MockClock: no real sleeps, exact timings.
 
 Backends are in-memory servers (``tests.health.memnet``) that can go away and come back.
 """
@@ -11,8 +11,8 @@ import pytest
 import trio
 import trio.testing
 
+from health.follow import BackendFollower, Backoff, BackoffDelays, HealthReport
 from health.status import ServingStatus
-from health.watch import Backoff, HealthReport, HealthWatcher, _BackoffState
 from wire import Server
 
 from .memnet import HealthBackend, MemoryBackend, channel_to
@@ -36,7 +36,7 @@ class NoJitter(random.Random):
 
 
 def test_backoff_series_without_jitter() -> None:
-    state = _BackoffState(Backoff(), NoJitter())
+    state = BackoffDelays(Backoff(), NoJitter())
     delays = [state.next_delay() for _ in range(14)]
     expected = [1.0]
     for _ in range(13):
@@ -46,7 +46,7 @@ def test_backoff_series_without_jitter() -> None:
 
 
 def test_backoff_jitter_bounds_and_reset() -> None:
-    state = _BackoffState(Backoff(), random.Random(1234))
+    state = BackoffDelays(Backoff(), random.Random(1234))
     current = 1.0
     assert state.next_delay() == 1.0  # the first retry is not jittered
     for _ in range(20):
@@ -58,22 +58,22 @@ def test_backoff_jitter_bounds_and_reset() -> None:
 
 
 def test_backoff_is_deterministic_with_a_seeded_random() -> None:
-    a = _BackoffState(Backoff(), random.Random(7))
-    b = _BackoffState(Backoff(), random.Random(7))
+    a = BackoffDelays(Backoff(), random.Random(7))
+    b = BackoffDelays(Backoff(), random.Random(7))
     assert [a.next_delay() for _ in range(10)] == [b.next_delay() for _ in range(10)]
 
 
 def test_backoff_rejects_nonsense() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="multiplier >= 1"):
         Backoff(multiplier=0.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="jitter < 1"):
         Backoff(jitter=1.5)
 
 
 # ---------------------------------------------------------------------- watching
 
 
-async def wait_for(watcher: HealthWatcher, healthy: bool) -> HealthReport:
+async def wait_for(watcher: BackendFollower, healthy: bool) -> HealthReport:
     """Wait (bounded by MockClock time) until the watcher reports ``healthy``."""
     with trio.fail_after(600):
         while watcher.healthy is not healthy:  # bounded by the fail_after above
@@ -86,7 +86,7 @@ async def test_reports_follow_serving_status(autojump_clock: trio.testing.MockCl
     async with trio.open_nursery() as nursery:
         backend = HealthBackend(nursery, svc=ServingStatus.SERVING)
         async with channel_to(backend) as channel:
-            watcher = HealthWatcher(channel, "svc", on_change=reports.append)
+            watcher = BackendFollower(channel, "svc", on_change=reports.append)
             assert not watcher.healthy  # not yet checked
             nursery.start_soon(watcher.run)
             await wait_for(watcher, True)
@@ -110,7 +110,7 @@ async def test_unknown_service_is_unhealthy_until_registered(
     async with trio.open_nursery() as nursery:
         backend = HealthBackend(nursery)
         async with channel_to(backend) as channel:
-            watcher = HealthWatcher(channel, "later")
+            watcher = BackendFollower(channel, "later")
             nursery.start_soon(watcher.run)
             with trio.fail_after(10):
                 while watcher.report.status is not ServingStatus.SERVICE_UNKNOWN:
@@ -126,7 +126,7 @@ async def test_unimplemented_means_healthy_and_stops_watching(
     async with trio.open_nursery() as nursery:
         backend = MemoryBackend(Server(), nursery)  # no health service at all
         async with channel_to(backend) as channel:
-            watcher = HealthWatcher(channel)
+            watcher = BackendFollower(channel)
             with trio.fail_after(10):
                 await watcher.run()  # returns instead of retrying
             assert watcher.healthy
@@ -140,7 +140,7 @@ async def test_outage_retries_with_backoff_then_recovers(
     async with trio.open_nursery() as nursery:
         backend = HealthBackend(nursery)
         async with channel_to(backend) as channel:
-            watcher = HealthWatcher(channel, rng=LowJitter())
+            watcher = BackendFollower(channel, rng=LowJitter())
             nursery.start_soon(watcher.run)
             await wait_for(watcher, True)
             backend.connects.clear()
@@ -179,7 +179,7 @@ async def test_backoff_caps_at_the_maximum(autojump_clock: trio.testing.MockCloc
         backend = HealthBackend(nursery)
         backend.is_up = False  # never reachable
         async with channel_to(backend) as channel:
-            watcher = HealthWatcher(channel, rng=NoJitter(),
+            watcher = BackendFollower(channel, rng=NoJitter(),
                                     backoff=Backoff(initial=1.0, maximum=10.0))
             nursery.start_soon(watcher.run)
             with trio.fail_after(600):
@@ -197,7 +197,7 @@ async def test_server_shutdown_ends_watch_and_watcher_retries(
     async with trio.open_nursery() as nursery:
         first = HealthBackend(nursery)
         async with channel_to(first) as channel:
-            watcher = HealthWatcher(channel, rng=NoJitter())
+            watcher = BackendFollower(channel, rng=NoJitter())
             nursery.start_soon(watcher.run)
             await wait_for(watcher, True)
             # Graceful shutdown: NOT_SERVING is pushed, then the Watch ends with UNAVAILABLE.
@@ -217,7 +217,7 @@ async def test_wait_changed_returns_the_latest_report(
     async with trio.open_nursery() as nursery:
         backend = HealthBackend(nursery, svc=ServingStatus.NOT_SERVING)
         async with channel_to(backend) as channel:
-            watcher = HealthWatcher(channel, "svc")
+            watcher = BackendFollower(channel, "svc")
             version = watcher.version
             nursery.start_soon(watcher.run)
             report = await watcher.wait_changed(version)
