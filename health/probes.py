@@ -13,6 +13,7 @@ import ssl
 import subprocess
 from collections.abc import Mapping, Sequence
 from functools import partial
+from typing import cast
 from urllib.parse import urlsplit
 
 import h11
@@ -183,14 +184,13 @@ async def _run_command(args: list[str], cwd: str | None,
             # Raised after the nursery, so callers get CheckFailed, not an ExceptionGroup.
             failure = CheckFailed(f"cannot run {args[0]!r}: {describe_os_error(exc)}")
         else:
-            stderr = process.stderr
-            if stderr is not None:
-                # Keep reading to EOF so the child never blocks on a full pipe, but keep only
-                # the start; bounded by the check's timeout, which kills the process.
-                async with stderr:
-                    while chunk := await stderr.receive_some(16 * 1024):
-                        if len(kept) < _MAX_STDERR_KEPT:
-                            kept += chunk[: _MAX_STDERR_KEPT - len(kept)]
+            # Never None: started with stderr=PIPE.
+            stderr = cast(trio.abc.ReceiveStream, process.stderr)
+            # Keep reading to EOF so the child never blocks on a full pipe, but keep only the
+            # start; bounded by the check's timeout, which kills the process.
+            async with stderr:
+                while chunk := await stderr.receive_some(16 * 1024):
+                    kept += chunk[: _MAX_STDERR_KEPT - len(kept)]
             code = await process.wait()
     if failure is not None:
         raise failure

@@ -1,9 +1,9 @@
 """The Trio run a status map belongs to, and how other threads hand it changes.
 
 This module owns :class:`TrioThreadBridge`. A ``HealthState`` belongs to the thread of one
-Trio run. The bridge holds that run's ``trio.lowlevel.TrioToken``: captured when a server
-starts serving (``HealthServer.serve_*`` calls ``bind``), passed in explicitly, or taken on the
-state's first use inside a run. With it:
+Trio run. The bridge holds that run's ``trio.lowlevel.TrioToken``: passed in explicitly, or
+captured when the state is created inside a run, when a server starts serving it
+(``HealthServer.serve_*`` calls ``bind``), or on its first use inside a later run. With it:
 
 * :meth:`TrioThreadBridge.check_thread` lets the plain methods refuse a call from a foreign
   thread while the run is alive (a token comparison on the normal path: ``set`` stays a dict
@@ -43,10 +43,11 @@ class TrioThreadBridge:
     __slots__ = ("_thread", "_token")
 
     def __init__(self, token: trio.lowlevel.TrioToken | None = None) -> None:
-        """Start unbound, or bound to ``token``."""
+        """Bind to ``token``, else to the current run if there is one, else start unbound."""
         self._token: trio.lowlevel.TrioToken | None = None
         # Known only when bound from inside the run (its thread is then the current one).
         self._thread: int | None = None
+        token = token if token is not None else _current_token()
         if token is not None:
             self.bind(token)
 
@@ -70,13 +71,19 @@ class TrioThreadBridge:
                 self._token = current
                 self._thread = threading.get_ident()
             return
-        if self._thread is None or self._thread == threading.get_ident():
+        token, thread = self._token, self._thread
+        if token is None or thread is None or thread == threading.get_ident():
             return
-        if self._bound_run_alive():
-            raise RuntimeError(
-                f"{what} called from a thread other than the Trio thread it is bound to; "
-                "use set_threadsafe()/remove_threadsafe() from other threads"
-            )
+        # Only on this foreign-thread path: is the bound run still there?
+        try:
+            token.run_sync_soon(_noop)
+        except trio.RunFinishedError:
+            self._forget()
+            return
+        raise RuntimeError(
+            f"{what} called from a thread other than the Trio thread it is bound to; "
+            "use set_threadsafe()/remove_threadsafe() from other threads"
+        )
 
     def run(self, change: Callable[[], object]) -> None:
         """Apply ``change`` on the bound Trio thread (here if unbound or the run is over)."""
@@ -95,18 +102,6 @@ class TrioThreadBridge:
                 # applying here is the only way to keep the change.
                 self._forget()
         change()
-
-    def _bound_run_alive(self) -> bool:
-        """Whether the bound run still exists; forget it if not (foreign-thread path only)."""
-        token = self._token
-        if token is None:
-            return False
-        try:
-            token.run_sync_soon(_noop)
-        except trio.RunFinishedError:
-            self._forget()
-            return False
-        return True
 
     def _forget(self) -> None:
         self._token = None

@@ -305,3 +305,67 @@ def test_run_sidecar_moved_with_a_warning() -> None:
     assert moved is health.sidecar.run_sidecar
     with pytest.raises(AttributeError, match="nothing_here"):
         _ = health.config.nothing_here  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("text", "key", "line", "why"), [
+    ("server = 1\n", "server", 1, "must be a table"),
+    ("[[services.a.checks]]\ntype = 'tcp'\nhost = 1\nport = 1\n",
+     "services.a.checks[0].host", 3, "must be a string"),
+    ("[[services.a.checks]]\ntype = 'tcp'\nhost = 'h'\n",
+     "services.a.checks[0]", 1, "missing required key 'port'"),
+    ("[[services.a.checks]]\ntype = 'command'\n",
+     "services.a.checks[0]", 1, "missing required key 'argv'"),
+    ("[[services.a.checks]]\ntype = 'command'\nargv = ['x']\ncwd = 'no-such-dir'\n",
+     "services.a.checks[0].cwd", 4, "not a directory"),
+    ("[[services.a.checks]]\ntype = 'tcp'\nname = ''\nhost = 'h'\nport = 1\n",
+     "services.a.checks[0].name", 3, "must not be empty"),
+    ("[services.a]\nstatus = 1\n", "services.a.status", 2, "must be a status name"),
+    ("[services.a]\nstatus = 'SERVICE_UNKNOWN'\n", "services.a.status", 2, "Watch-only"),
+    ("[services.a]\nchecks = 1\n", "services.a.checks", 2, "array of tables"),
+    ("[services.a]\nchecks = [1]\n", "services.a.checks", 2, "entry 0 must be a table"),
+    ("[[services.a.checks]]\ntype = 'http'\nurl = 'http://h/'\nexpect_status = 'ok'\n",
+     "services.a.checks[0].expect_status", 4, "status code or [low, high]"),
+    ("[[services.a.checks]]\ntype = 'http'\nurl = 'http://h/'\n"
+     "[services.a.checks.headers]\nX-A = 1\n",
+     "services.a.checks[0].headers.X-A", 5, "must be a string"),
+    ('[services]\n"quoted = odd" = { status = 7 }\n',
+     'services."quoted = odd".status', 2, "must be a status name"),
+    ("[[services.a.checks]]\ntype = 'command'\nargv = [\n  'x',  # a comment = here\n"
+     "  ['nested'],\n]\n", "services.a.checks[0].argv", 3, "non-empty array of strings"),
+    ('[[services.a.checks]]\ntype = "command"\nargv = ["""\nx y = z\n"""]\ntimeout = 0\n',
+     "services.a.checks[0].timeout", 6, "> 0"),
+])
+def test_bad_values_name_key_and_line(tmp_path: Path, text: str, key: str, line: int,
+                                      why: str) -> None:
+    error = bad(text, tmp_path)
+    assert (error.key, error.line) == (key, line)
+    assert why in error.reason
+    assert str(error).startswith(f"health.toml:{line}: {key}: ")
+
+
+def test_more_good_values(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("x")
+    config = parse_config("""
+[[services.a.checks]]
+type = "http"
+url = "http://h/"
+expect_status = 204
+
+[[services.a.checks]]
+type = "grpc"
+target = "h:1"
+tls_ca = "ca.pem"
+""", base=tmp_path)
+    http, grpc = config.checks
+    assert http.params["expect_status"] == (204, 204)
+    assert grpc.params == {"target": "h:1", "service": "", "tls": True,
+                           "tls_ca": str(tmp_path / "ca.pem")}
+
+
+def test_require_client_cert_needs_the_ca(tmp_path: Path) -> None:
+    for name in ("cert.pem", "key.pem"):
+        (tmp_path / name).write_text("x")
+    error = bad('[server]\ntls_cert = "cert.pem"\ntls_key = "key.pem"\n'
+                "require_client_cert = true\n", tmp_path)
+    assert (error.key, error.line) == ("server.require_client_cert", 4)
+    assert "needs tls_client_ca" in error.reason

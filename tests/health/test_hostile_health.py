@@ -19,8 +19,8 @@ import trio.testing
 
 from health._health_pb2 import HealthCheckRequest, HealthCheckResponse
 from health.service import CHECK_PATH, LIST_PATH, WATCH_PATH, HealthServer
-from health.state import DEFAULT_MAX_WATCHERS_PER_OWNER
 from health.status import ServingStatus
+from health.subscriptions import DEFAULT_MAX_WATCHERS_PER_OWNER
 from tests.wire.h2client import H2Client, StreamRecord, grpc_frame, open_memory_client
 from tests.wire.rawconn import BOUND, RawConn, open_raw, request_frames, rss_bytes, rst_frame
 from wire import StatusCode

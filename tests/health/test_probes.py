@@ -215,3 +215,93 @@ async def test_runner_with_builtin_checks() -> None:
         await nursery.start(runner.run)
         assert state.snapshot() == {"": NOT_SERVING, "api": SERVING, "jobs": NOT_SERVING}
         nursery.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------- bad HTTP peers
+
+
+@asynccontextmanager
+async def raw_server(reply: bytes) -> AsyncIterator[int]:
+    """A TCP server that reads the request, writes ``reply`` and closes; yields its port."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        try:
+            await stream.receive_some(65536)
+            await stream.send_all(reply)
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handler, listeners)
+        yield listeners[0].socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("reply", "reason"), [
+    (b"SSH-2.0-OpenSSH\r\n\r\n", "bad HTTP response"),
+    (b"HTTP/1.1 100 Continue\r\n\r\n" * 17, "too many 1xx responses"),
+    # h11 itself reports a close before the response line as a protocol error.
+    (b"", "bad HTTP response: .*ConnectionClosed"),
+    (b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", None),
+])
+async def test_http_check_judges_what_the_peer_says(reply: bytes, reason: str | None) -> None:
+    async with raw_server(reply) as port:
+        probe = http_check(f"http://127.0.0.1:{port}/")
+        with trio.fail_after(REAL_TIMEOUT):
+            if reason is None:
+                await probe()
+            else:
+                with pytest.raises(CheckFailed, match=reason):
+                    await probe()
+
+
+def test_http_check_rejects_a_bad_status_range() -> None:
+    with pytest.raises(ValueError, match="range within 100-599"):
+        http_check("http://h/", expect_status=(399, 200))
+
+
+def test_command_check_rejects_an_empty_argv() -> None:
+    with pytest.raises(ValueError, match="non-empty list"):
+        command_check([])
+
+
+async def test_command_check_keeps_only_the_start_of_stderr() -> None:
+    noisy = command_check([sys.executable, "-c",
+                           "import sys; sys.stderr.write('e' * 100000); raise SystemExit(1)"])
+    with trio.fail_after(REAL_TIMEOUT), pytest.raises(CheckFailed) as info:
+        await noisy()
+    # The reason shows the start of the text, bounded, never the 100 kB.
+    assert "status 1: eee" in str(info.value)
+    assert len(str(info.value)) < 1100
+
+
+async def test_https_check_from_a_config_with_and_without_verification() -> None:
+    from health.config import parse_config
+    from health.sidecar import build_check
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    async with http_server(200, ssl_context=server_context) as (port, requests):
+        url = f"https://localhost:{port}/"
+        strict, lax = parse_config(f"""
+[check_defaults]
+timeout = {REAL_TIMEOUT}
+
+[[services.a.checks]]
+type = "http"
+url = "{url}"
+
+[[services.a.checks]]
+type = "http"
+url = "{url}"
+tls_no_verify = true
+""").checks
+        with trio.fail_after(REAL_TIMEOUT):
+            # The certificate is signed by a CA nobody trusts: only tls_no_verify passes.
+            assert not (await build_check(strict).run_probe()).ok
+            assert (await build_check(lax).run_probe()).ok
+    assert len(requests) == 1

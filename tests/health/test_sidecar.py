@@ -139,3 +139,58 @@ async def test_run_sidecar_metrics_flag(autojump_clock: trio.testing.MockClock) 
         sidecar = await nursery.start(run_sidecar, None, state, None, True)
         assert set(sidecar.admin_routes()) == {"/metrics"}
         nursery.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------- the whole process
+
+
+async def test_the_process_serves_unix_and_admin_then_drains(tmp_path: Path) -> None:
+    from health.client import HealthClient
+    from wire import open_channel
+
+    path = tmp_path / "health.sock"
+    config = parse_config(f"""
+[server]
+unix = "{path}"
+admin_port = 0
+metrics = true
+grace = 0
+
+[services.static]
+status = "SERVING"
+""")
+    process = SidecarProcess(config)
+    lines: list[str] = []
+    announced = trio.Event()
+
+    def announce(line: str) -> None:
+        lines.append(line)
+        if line.startswith("admin"):
+            announced.set()
+
+    codes: list[int] = []
+    with trio.fail_after(REAL_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                codes.append(await process.run(announce))
+
+            nursery.start_soon(run)
+            await announced.wait()
+            assert lines[0] == f"listening {path}"
+            assert lines[1].startswith("admin ")
+            async with open_channel(f"unix:{path}", connect_timeout=REAL_TIMEOUT) as channel:
+                assert await HealthClient(channel).check("static") is SERVING
+            # What the admin API's shutdown (or a first signal) does: drain, then stop.
+            process.stop.set()
+    assert codes == [0]
+    assert process.state.get("static") is NOT_SERVING
+
+
+def test_metrics_without_prometheus_client_is_a_config_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # None in sys.modules makes the import fail as if the package were not installed.
+    monkeypatch.setitem(sys.modules, "health.metrics", None)
+    with pytest.raises(ConfigError, match=r"metrics need prometheus_client"):
+        SidecarProcess(parse_config("[server]\nadmin_port = 0\nmetrics = true\n"))
+

@@ -13,14 +13,9 @@ import trio
 import trio.testing
 
 from health.errors import HealthError, InvalidStatusError, ServiceNameError, WatcherLimitError
-from health.state import (
-    DEFAULT_MAX_SERVICE_NAME_BYTES,
-    DEFAULT_MAX_WATCHERS,
-    DEFAULT_MAX_WATCHERS_PER_OWNER,
-    HealthState,
-    Watcher,
-)
 from health.status import ServingStatus, parse_status
+from health.status_map import DEFAULT_MAX_SERVICE_NAME_BYTES, HealthState
+from health.subscriptions import DEFAULT_MAX_WATCHERS, DEFAULT_MAX_WATCHERS_PER_OWNER, Watcher
 
 SERVING = ServingStatus.SERVING
 NOT_SERVING = ServingStatus.NOT_SERVING
@@ -625,3 +620,16 @@ async def test_explicit_trio_token_binding() -> None:
         await trio.to_thread.run_sync(state.set_threadsafe, "svc", SERVING)
         with trio.fail_after(10):
             assert await take(watcher) is SERVING
+
+
+def test_old_import_paths_still_work() -> None:
+    # Deprecated homes kept for one release (documented; no warning, see their docstrings).
+    import health.follow
+    import health.state
+    import health.subscriptions
+    import health.watch
+
+    assert health.state.HealthState is HealthState
+    assert health.state.Watcher is Watcher
+    assert health.state.Subscription is health.subscriptions.Subscription
+    assert health.watch.HealthWatcher is health.follow.BackendFollower

@@ -12,8 +12,9 @@ import trio.testing
 from health._health_pb2 import HealthCheckRequest, HealthCheckResponse
 from health.errors import ServiceNameError, WatcherLimitError
 from health.service import WATCH_PATH, HealthServer
-from health.state import HealthState, Subscription
 from health.status import ServingStatus
+from health.status_map import HealthState
+from health.subscriptions import Subscription
 from tests.wire.h2client import grpc_frame, open_memory_client
 from tests.wire.rawconn import BOUND
 from wire import ServerOptions, StatusCode

@@ -42,7 +42,7 @@ LIMIT = 20.0
 # Both sides advertise a small stream window, so a BIG message crosses it several times and
 # WINDOW_UPDATEs must flow while the bytes trickle. (Byte by byte every byte is one
 # receive_data call, hence small sizes: the suite stays fast.)
-WINDOW = 4096
+WINDOW = 2048
 BIG = 3 * WINDOW + 100
 
 
@@ -165,14 +165,14 @@ async def test_concurrent_calls_share_the_connection(pair: StreamPair) -> None:
         async with _connected(pair) as (channel, connects):
 
             async def one(i: int) -> None:
-                reply = await channel.unary_unary("/t.T/Echo", b"x" * (i * 397), timeout=LIMIT)
+                reply = await channel.unary_unary("/t.T/Echo", b"x" * (i * 197), timeout=LIMIT)
                 results[i] = reply.response
 
             async with trio.open_nursery() as nursery:
                 for i in range(8):
                     nursery.start_soon(one, i)
             assert len(connects) == 1
-    assert results == {i: b"x" * (i * 397) for i in range(8)}
+    assert results == {i: b"x" * (i * 197) for i in range(8)}
 
 
 async def test_one_byte_pair_really_trickles() -> None:
