@@ -47,17 +47,17 @@ WARNING (to failing) or INFO (to healthy).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import math
-import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
 import trio
 
+from ._moved import moved_names
+from .callbacks import Callbacks
 from .errors import HealthError
 from .status import ServingStatus
 from .status_map import HealthState
@@ -91,16 +91,8 @@ DEFAULT_SUCCESS_THRESHOLD = 1
 _MAX_REASON = 300
 
 # The probes' old home was this module; resolved lazily so that the engine never loads them.
-_MOVED_TO_PROBES = frozenset({"command_check", "grpc_check", "http_check", "tcp_check"})
-
-
-def __getattr__(name: str) -> object:
-    """Resolve the probes' old names (deprecated) from :mod:`health.probes`."""
-    if name in _MOVED_TO_PROBES:
-        warnings.warn(f"health.checks.{name} moved to health.probes.{name}",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module("health.probes"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, "health.probes",
+                          ("command_check", "grpc_check", "http_check", "tcp_check"))
 
 
 def managed_services(check_services: Iterable[str], *, aggregate: bool) -> list[str]:
@@ -299,8 +291,7 @@ class CheckRunner:
                 raise ValueError(f"initial status must be settable, got {status!r}")
         # What the runner last wrote per service, so it writes only on change.
         self._written: dict[str, ServingStatus] = {}
-        self._listeners: dict[int, ResultListener] = {}
-        self._next_listener = 0
+        self._listeners: Callbacks[[CheckResult]] = Callbacks(logger, "check result listener")
         self._running = False
         for check in checks:
             self.add(check)
@@ -317,14 +308,7 @@ class CheckRunner:
 
     def add_result_listener(self, listener: ResultListener) -> Callable[[], None]:
         """Call ``listener(result)`` after every check run; return a remover."""
-        key = self._next_listener
-        self._next_listener += 1
-        self._listeners[key] = listener
-
-        def remove() -> None:
-            self._listeners.pop(key, None)
-
-        return remove
+        return self._listeners.add(listener)
 
     # ------------------------------------------------------------------- reads
 
@@ -439,11 +423,7 @@ class CheckRunner:
                 logger.warning("check %r (service %r) is failing: %s", check.name,
                                check.service, result.reason)
             self._publish()
-        for listener in list(self._listeners.values()):
-            try:
-                listener(result)
-            except Exception:
-                logger.exception("check result listener %r failed", listener)
+        self._listeners.call(result)
 
     def _publish(self) -> None:
         """Write every managed service's implied status that differs from the last written."""

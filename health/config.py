@@ -58,18 +58,17 @@ table points at the line of its enclosing key).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 import re
 import sys
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._moved import moved_names
 from .checks import (
     DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_INTERVAL,
@@ -113,16 +112,7 @@ FLAG_SETTINGS = ("host", "port", "unix", "admin_port", "grace", "list_limit", "m
 KeyPath = tuple[str | int, ...]
 
 # Running a config moved to health.sidecar; resolved lazily so that this module stays pure.
-_MOVED_TO_SIDECAR = frozenset({"Sidecar", "run_sidecar"})
-
-
-def __getattr__(name: str) -> object:
-    """Resolve the old names of the sidecar runner (deprecated) from :mod:`health.sidecar`."""
-    if name in _MOVED_TO_SIDECAR:
-        warnings.warn(f"health.config.{name} moved to health.sidecar.{name}",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module("health.sidecar"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, "health.sidecar", ("Sidecar", "run_sidecar"))
 
 
 class ConfigError(HealthError):

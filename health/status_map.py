@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable, Mapping
 
 import trio
 
+from .callbacks import Callbacks
 from .errors import InvalidStatusError, ServiceNameError
 from .status import ServingStatus
 from .subscriptions import (
@@ -113,10 +114,8 @@ class HealthState:
         self._effective: dict[str, ServingStatus] = {}
         self._draining = False
         self._watches_ended = False
-        # Keyed by registration number so one callable can be added twice and each remover
-        # takes away only its own registration.
-        self._listeners: dict[int, StatusListener] = {}
-        self._next_listener_id = 0
+        self._listeners: Callbacks[[str, ServingStatus | None, ServingStatus | None]] = (
+            Callbacks(logger, "health status listener"))
         self._bridge = TrioThreadBridge(trio_token)
 
         if initial is not None:
@@ -243,14 +242,7 @@ class HealthState:
         Listeners run synchronously in the Trio thread, after watchers have been woken. An
         exception from a listener is logged to the ``health`` logger and otherwise ignored.
         """
-        key = self._next_listener_id
-        self._next_listener_id += 1
-        self._listeners[key] = listener
-
-        def remove_listener() -> None:
-            self._listeners.pop(key, None)
-
-        return remove_listener
+        return self._listeners.add(listener)
 
     # -------------------------------------------------------------- watching
 
@@ -327,16 +319,4 @@ class HealthState:
             self._effective[service] = target
         self._registry.wake(service)
         if self._listeners:
-            self._notify(service, old, target)
-
-    def _notify(self, service: str, old: ServingStatus | None, new: ServingStatus | None) -> None:
-        """Call every listener, logging rather than propagating their failures."""
-        # Copy, so a listener may add or remove listeners while being called.
-        for listener in list(self._listeners.values()):
-            try:
-                listener(service, old, new)
-            except Exception:
-                logger.exception(
-                    "health status listener %r failed for service %r (%s -> %s)",
-                    listener, service, old, new,
-                )
+            self._listeners.call(service, old, target)

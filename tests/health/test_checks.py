@@ -339,14 +339,3 @@ def test_managed_services_put_the_aggregate_last() -> None:
     assert managed_services(["b", "a", "b"], aggregate=True) == ["b", "a", ""]
     assert managed_services(["b"], aggregate=False) == ["b"]
     assert managed_services(["", "b"], aggregate=False) == ["b", ""]
-
-
-def test_probes_old_names_still_resolve_with_a_warning() -> None:
-    import health.checks
-    import health.probes
-
-    with pytest.warns(DeprecationWarning, match=r"health\.probes\.tcp_check"):
-        moved = health.checks.tcp_check  # type: ignore[attr-defined]
-    assert moved is health.probes.tcp_check
-    with pytest.raises(AttributeError, match="no_such_name"):
-        _ = health.checks.no_such_name  # type: ignore[attr-defined]

@@ -173,13 +173,6 @@ def test_unknown_check_type() -> None:
     assert "tcp, http, command, grpc" in str(error)
 
 
-def test_bad_status_name() -> None:
-    error = bad('[services.a]\nstatus = "HEALTHY"\n')
-    assert (error.line, error.key) == (2, "services.a.status")
-    error = bad('[services.a]\nstatus = "SERVICE_UNKNOWN"\n')
-    assert "Watch-only" in str(error)
-
-
 def test_duplicate_check_names() -> None:
     error = bad("""[[services.a.checks]]
 type = "tcp"
@@ -205,16 +198,6 @@ def test_bad_numbers() -> None:
     error = bad("[[services.a.checks]]\ntype = 'http'\nurl = 'http://h/'\n"
                 "expect_status = [500, 200]\n")
     assert (error.line, error.key) == (4, "services.a.checks[0].expect_status")
-
-
-def test_bad_http_url() -> None:
-    error = bad("[[services.a.checks]]\ntype = 'http'\nurl = 'ftp://h/'\n")
-    assert (error.line, error.key) == (3, "services.a.checks[0].url")
-
-
-def test_bad_command_argv() -> None:
-    error = bad("[[services.a.checks]]\ntype = 'command'\nargv = []\n")
-    assert (error.line, error.key) == (3, "services.a.checks[0].argv")
 
 
 def test_missing_tls_file(tmp_path: Path) -> None:
@@ -289,25 +272,16 @@ def test_status_overrides_win_over_the_file() -> None:
     assert overridden.pending_statuses() == {"a": SERVING}
 
 
-def test_bad_http_url_port() -> None:
-    error = bad("[[services.a.checks]]\ntype = 'http'\nurl = 'http://h:99999/'\n")
-    assert (error.line, error.key) == (3, "services.a.checks[0].url")
-    error = bad("[[services.a.checks]]\ntype = 'http'\nurl = 'http:///x'\n")
-    assert "no host" in str(error)
-
-
-def test_run_sidecar_moved_with_a_warning() -> None:
-    import health.config
-    import health.sidecar
-
-    with pytest.warns(DeprecationWarning, match=r"health\.sidecar\.run_sidecar"):
-        moved = health.config.run_sidecar  # type: ignore[attr-defined]
-    assert moved is health.sidecar.run_sidecar
-    with pytest.raises(AttributeError, match="nothing_here"):
-        _ = health.config.nothing_here  # type: ignore[attr-defined]
-
-
 @pytest.mark.parametrize(("text", "key", "line", "why"), [
+    ('[services.a]\nstatus = "HEALTHY"\n', "services.a.status", 2, "not a serving status name"),
+    ("[[services.a.checks]]\ntype = 'http'\nurl = 'ftp://h/'\n",
+     "services.a.checks[0].url", 3, "scheme must be http or https"),
+    ("[[services.a.checks]]\ntype = 'http'\nurl = 'http://h:99999/'\n",
+     "services.a.checks[0].url", 3, "out of range"),
+    ("[[services.a.checks]]\ntype = 'http'\nurl = 'http:///x'\n",
+     "services.a.checks[0].url", 3, "URL has no host"),
+    ("[[services.a.checks]]\ntype = 'command'\nargv = []\n",
+     "services.a.checks[0].argv", 3, "non-empty array of strings"),
     ("server = 1\n", "server", 1, "must be a table"),
     ("[[services.a.checks]]\ntype = 'tcp'\nhost = 1\nport = 1\n",
      "services.a.checks[0].host", 3, "must be a string"),

@@ -6,6 +6,9 @@ Backends are in-memory servers (``tests.health.memnet``) that can go away and co
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -81,6 +84,17 @@ async def wait_for(watcher: BackendFollower, healthy: bool) -> HealthReport:
     return watcher.report
 
 
+@asynccontextmanager
+async def following(nursery: trio.Nursery, backend: HealthBackend,
+                    **options: Any) -> AsyncIterator[BackendFollower]:
+    """A follower of ``backend``'s ``""``, running in ``nursery``, once it reports healthy."""
+    async with channel_to(backend) as channel:
+        follower = BackendFollower(channel, **options)
+        nursery.start_soon(follower.run)
+        await wait_for(follower, True)
+        yield follower
+
+
 async def test_reports_follow_serving_status(autojump_clock: trio.testing.MockClock) -> None:
     reports: list[HealthReport] = []
     async with trio.open_nursery() as nursery:
@@ -139,10 +153,7 @@ async def test_outage_retries_with_backoff_then_recovers(
         autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         backend = HealthBackend(nursery)
-        async with channel_to(backend) as channel:
-            watcher = BackendFollower(channel, rng=LowJitter())
-            nursery.start_soon(watcher.run)
-            await wait_for(watcher, True)
+        async with following(nursery, backend, rng=LowJitter()) as watcher:
             backend.connects.clear()
             t0 = trio.current_time()
             await backend.down()
@@ -196,10 +207,7 @@ async def test_server_shutdown_ends_watch_and_watcher_retries(
         autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         first = HealthBackend(nursery)
-        async with channel_to(first) as channel:
-            watcher = BackendFollower(channel, rng=NoJitter())
-            nursery.start_soon(watcher.run)
-            await wait_for(watcher, True)
+        async with following(nursery, first, rng=NoJitter()) as watcher:
             # Graceful shutdown: NOT_SERVING is pushed, then the Watch ends with UNAVAILABLE.
             nursery.start_soon(first.health.shutdown, 1.0)
             report = await wait_for(watcher, False)

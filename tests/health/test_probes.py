@@ -21,6 +21,8 @@ from health import HealthState, ServingStatus, serve_health
 from health.checks import Check, CheckFailed, CheckRunner
 from health.probes import command_check, grpc_check, http_check, tcp_check
 
+from .loopback import tcp_server
+
 SERVING = ServingStatus.SERVING
 NOT_SERVING = ServingStatus.NOT_SERVING
 
@@ -32,16 +34,8 @@ REAL_TIMEOUT = 10.0
 
 
 async def test_tcp_check_passes_when_listening() -> None:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    async with trio.open_nursery() as nursery:
-
-        async def handler(stream: trio.SocketStream) -> None:
-            await stream.aclose()
-
-        nursery.start_soon(trio.serve_listeners, handler, listeners)
+    async with tcp_server() as port:
         await tcp_check("127.0.0.1", port)()
-        nursery.cancel_scope.cancel()
 
 
 def _free_port() -> int:
@@ -220,26 +214,6 @@ async def test_runner_with_builtin_checks() -> None:
 # ------------------------------------------------------------- bad HTTP peers
 
 
-@asynccontextmanager
-async def raw_server(reply: bytes) -> AsyncIterator[int]:
-    """A TCP server that reads the request, writes ``reply`` and closes; yields its port."""
-
-    async def handler(stream: trio.SocketStream) -> None:
-        try:
-            await stream.receive_some(65536)
-            await stream.send_all(reply)
-        except trio.BrokenResourceError:
-            pass
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, handler, listeners)
-        yield listeners[0].socket.getsockname()[1]
-        nursery.cancel_scope.cancel()
-
-
 @pytest.mark.parametrize(("reply", "reason"), [
     (b"SSH-2.0-OpenSSH\r\n\r\n", "bad HTTP response"),
     (b"HTTP/1.1 100 Continue\r\n\r\n" * 17, "too many 1xx responses"),
@@ -248,7 +222,7 @@ async def raw_server(reply: bytes) -> AsyncIterator[int]:
     (b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", None),
 ])
 async def test_http_check_judges_what_the_peer_says(reply: bytes, reason: str | None) -> None:
-    async with raw_server(reply) as port:
+    async with tcp_server(reply) as port:
         probe = http_check(f"http://127.0.0.1:{port}/")
         with trio.fail_after(REAL_TIMEOUT):
             if reason is None:

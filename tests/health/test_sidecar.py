@@ -17,6 +17,8 @@ from health import HealthState, ServingStatus, serve_health
 from health.config import ConfigError, TlsConfig, load_config, parse_config
 from health.sidecar import SidecarProcess, build_check, build_runner, run_sidecar
 
+from .loopback import tcp_server
+
 SERVING = ServingStatus.SERVING
 NOT_SERVING = ServingStatus.NOT_SERVING
 UNKNOWN = ServingStatus.UNKNOWN
@@ -74,14 +76,7 @@ def test_the_process_refuses_a_bad_certificate(tmp_path: Path) -> None:
 
 
 async def test_run_sidecar_runs_the_checks() -> None:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    db_port = listeners[0].socket.getsockname()[1]
-    async with trio.open_nursery() as nursery:
-
-        async def handler(stream: trio.SocketStream) -> None:
-            await stream.aclose()
-
-        nursery.start_soon(trio.serve_listeners, handler, listeners)
+    async with tcp_server() as db_port, trio.open_nursery() as nursery:
         upstream = await nursery.start(serve_health, "127.0.0.1", 0)
         upstream.set("up", NOT_SERVING)
         config = parse_config(f"""

@@ -620,16 +620,3 @@ async def test_explicit_trio_token_binding() -> None:
         await trio.to_thread.run_sync(state.set_threadsafe, "svc", SERVING)
         with trio.fail_after(10):
             assert await take(watcher) is SERVING
-
-
-def test_old_import_paths_still_work() -> None:
-    # Deprecated homes kept for one release (documented; no warning, see their docstrings).
-    import health.follow
-    import health.state
-    import health.subscriptions
-    import health.watch
-
-    assert health.state.HealthState is HealthState
-    assert health.state.Watcher is Watcher
-    assert health.state.Subscription is health.subscriptions.Subscription
-    assert health.watch.HealthWatcher is health.follow.BackendFollower
