@@ -16,12 +16,15 @@ connections run unchanged.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
+import trustme
 
 from wire import (
     Channel,
@@ -34,6 +37,7 @@ from wire import (
     open_channel,
 )
 from wire.handlers import unary_stream, unary_unary
+from wire.tls import client_context, server_context
 
 StreamPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
 
@@ -84,6 +88,13 @@ def _fail(request: bytes, call: ServerCall) -> bytes:
     raise RpcError(StatusCode.NOT_FOUND, "no " + request.decode())
 
 
+def _peer(request: bytes, call: ServerCall) -> bytes:
+    info = call.connection
+    cert = info.peer_certificate or {}
+    names = [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
+    return f"tls={info.tls} peer={','.join(names)}".encode()
+
+
 async def _count(request: bytes, call: ServerCall,
                  send: Callable[[bytes], object]) -> None:
     for i in range(int(request)):
@@ -95,12 +106,15 @@ def _server() -> Server:
     return Server([
         unary_unary("/t.T/Echo", _echo, ident, ident),
         unary_unary("/t.T/Fail", _fail, ident, ident, sync=True),
+        unary_unary("/t.T/Peer", _peer, ident, ident, sync=True),
         unary_stream("/t.T/Count", _count, ident, ident),
     ], config=ServerConfig(initial_window_size=WINDOW, connection_window_increment=0))
 
 
 @asynccontextmanager
-async def _connected(pair: StreamPair) -> AsyncIterator[tuple[Channel, list[int]]]:
+async def _connected(pair: StreamPair, *, server_tls: ssl.SSLContext | None = None,
+                     client_tls: ssl.SSLContext | None = None,
+                     ) -> AsyncIterator[tuple[Channel, list[int]]]:
     """A channel whose connections are served by one Server over ``pair()`` streams."""
     server = _server()
     connects: list[int] = []
@@ -109,12 +123,15 @@ async def _connected(pair: StreamPair) -> AsyncIterator[tuple[Channel, list[int]
         async def connect() -> trio.abc.Stream:
             client_end, server_end = pair()
             connects.append(1)
-            nursery.start_soon(server.serve_stream, server_end)
+            served: trio.abc.Stream = server_end
+            if server_tls is not None:
+                served = trio.SSLStream(server_end, server_tls, server_side=True)
+            nursery.start_soon(server.serve_stream, served)
             return client_end
 
         config = ClientConfig(initial_window_size=WINDOW, connection_window_increment=0)
-        async with open_channel("memory:1", connector=connect, connect_timeout=LIMIT,
-                                config=config) as ch:
+        async with open_channel("localhost:1", connector=connect, connect_timeout=LIMIT,
+                                config=config, ssl_context=client_tls) as ch:
             yield ch, connects
         nursery.cancel_scope.cancel()
 
@@ -186,3 +203,29 @@ async def test_one_byte_pair_really_trickles() -> None:
         assert await b.receive_some(100) == b"d"
         await a.aclose()
         assert await b.receive_some(100) == b""
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+async def test_mutual_tls_over_the_pair(pair: StreamPair, tmp_path: Path) -> None:
+    # TLS records split at every byte, and a handshake that must not wait on buffering.
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("localhost")
+    client_cert = ca.issue_cert("client.example")
+    files = {"ca": ca.cert_pem, "server": server_cert.cert_chain_pems[0],
+             "server.key": server_cert.private_key_pem,
+             "client": client_cert.cert_chain_pems[0],
+             "client.key": client_cert.private_key_pem}
+    for name, blob in files.items():
+        blob.write_to_path(str(tmp_path / name))
+    server_tls = server_context(str(tmp_path / "server"), str(tmp_path / "server.key"),
+                                client_ca=str(tmp_path / "ca"), require_client_cert=True)
+    client_tls = client_context(ca=str(tmp_path / "ca"), cert=str(tmp_path / "client"),
+                                key=str(tmp_path / "client.key"))
+    with trio.fail_after(LIMIT):
+        async with _connected(pair, server_tls=server_tls, client_tls=client_tls) as (
+                channel, _):
+            result = await channel.unary_unary("/t.T/Peer", b"", timeout=LIMIT)
+            echoed = await channel.unary_unary("/t.T/Echo", b"x" * BIG, timeout=LIMIT)
+    # The server saw TLS and the client's verified certificate.
+    assert result.response == b"tls=True peer=client.example"
+    assert echoed.response == b"x" * BIG
