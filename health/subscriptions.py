@@ -257,11 +257,6 @@ class Watcher:
         self._sub = registry.subscribe(source, service, self._wake, owner)
 
     @property
-    def subscription(self) -> Subscription:
-        """The subscription behind this watcher."""
-        return self._sub
-
-    @property
     def service(self) -> str:
         """The service this watcher follows."""
         return self._sub.service

@@ -80,8 +80,49 @@ def test_check_validates_its_settings() -> None:
         Check("c", probe, failure_threshold=0)
     with pytest.raises(ValueError, match="name"):
         Check("", probe)
+    with pytest.raises(TypeError, match="service name must be str"):
+        Check("c", probe, service=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="probe must be callable"):
+        Check("c", "not a function")  # type: ignore[arg-type]
     assert Check("c", probe).threaded is False
     assert Check("c", lambda: None).threaded is True
+
+
+async def test_a_reason_inside_nested_exception_groups_is_found() -> None:
+    async def fail() -> None:
+        await trio.lowlevel.checkpoint()
+        raise CheckFailed("db is down")
+
+    async def inner() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fail)
+
+    async def probe() -> None:
+        # Two nurseries deep: the failure arrives wrapped in two exception groups.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(inner)
+
+    result = await Check("c", probe).run_probe()
+    assert (result.ok, result.reason) == (False, "db is down")
+    assert result.error is None  # an expected failure: no traceback to log
+
+
+def test_runner_rejects_an_unsettable_initial_status() -> None:
+    with pytest.raises(ValueError, match="initial status must be settable"):
+        CheckRunner(HealthState(), initial={"a": ServingStatus.SERVICE_UNKNOWN})
+
+
+async def test_runner_cannot_be_changed_or_run_twice_while_running(
+        autojump_clock: trio.testing.MockClock) -> None:
+    runner = CheckRunner(HealthState(), [Check("c", scripted([True]), service="a")])
+    assert runner.service_status("not-managed") is None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        with pytest.raises(RuntimeError, match="cannot be added while the runner is running"):
+            runner.add(Check("d", scripted([True])))
+        with pytest.raises(RuntimeError, match="already running"):
+            await runner.run()
+        nursery.cancel_scope.cancel()
 
 
 def test_runner_rejects_duplicate_names() -> None:

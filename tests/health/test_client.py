@@ -200,3 +200,20 @@ async def test_unknown_status_number_is_reported_as_unknown() -> None:
     with pytest.raises(RpcError) as info:
         parse_check_response(b"\xff\xff")
     assert info.value.code is StatusCode.INTERNAL
+
+
+async def test_cancelling_a_watch_ends_it_on_both_sides(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        backend = HealthBackend(nursery)
+        async with channel_to(backend) as channel, HealthClient(channel).watch() as stream:
+            assert await stream.__anext__() is ServingStatus.SERVING
+            stream.cancel()
+            with pytest.raises(RpcError) as info:
+                await stream.__anext__()
+            assert info.value.code is StatusCode.CANCELLED
+            assert stream.code is StatusCode.CANCELLED
+            # Once everything has run, the reset has reached the server and unregistered it.
+            await trio.testing.wait_all_tasks_blocked()
+            assert backend.health.state.watcher_count == 0
+        nursery.cancel_scope.cancel()
