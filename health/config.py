@@ -62,10 +62,11 @@ import json
 import math
 import re
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ._moved import moved_names
@@ -74,11 +75,16 @@ from .checks import (
     DEFAULT_INTERVAL,
     DEFAULT_SUCCESS_THRESHOLD,
     DEFAULT_TIMEOUT,
+    Check,
+    CheckRunner,
     managed_services,
 )
 from .errors import HealthError, InvalidStatusError
 from .service import DEFAULT_LIST_LIMIT
 from .status import ServingStatus, parse_status
+
+if TYPE_CHECKING:
+    from .status_map import HealthState
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -217,6 +223,15 @@ class CheckConfig:
     failure_threshold: int = DEFAULT_FAILURE_THRESHOLD
     success_threshold: int = DEFAULT_SUCCESS_THRESHOLD
 
+    def to_check(self) -> Check:
+        """Deprecated: use ``health.sidecar.build_check(check_config)``."""
+        warnings.warn("CheckConfig.to_check() moved to health.sidecar.build_check()",
+                      DeprecationWarning, stacklevel=2)
+        # Imported on use only: parsing stays free of what builds and runs checks.
+        from .sidecar import build_check
+
+        return build_check(self)
+
     @property
     def params(self) -> dict[str, Any]:
         """The probe's parameters as plain values (paths as strings, headers as a dict)."""
@@ -280,6 +295,15 @@ class SidecarConfig:
     def managed_services(self) -> list[str]:
         """The services whose status the checks write (``""`` last when aggregated)."""
         return managed_services((c.service for c in self.checks), aggregate=self.aggregate)
+
+    def check_runner(self, state: HealthState) -> CheckRunner:
+        """Deprecated: use ``health.sidecar.build_runner(config, state)``."""
+        warnings.warn("SidecarConfig.check_runner() moved to health.sidecar.build_runner()",
+                      DeprecationWarning, stacklevel=2)
+        # Imported on use only: parsing stays free of what builds and runs checks.
+        from .sidecar import build_runner
+
+        return build_runner(self, state)
 
     def initial_statuses(self) -> dict[str, ServingStatus]:
         """The statuses a ``HealthState`` should start with.

@@ -46,3 +46,16 @@ def test_other_missing_names_are_still_attribute_errors(old: str) -> None:
 def test_reexports_are_the_same_objects(old: str, name: str, new: str, new_name: str) -> None:
     assert getattr(importlib.import_module(old), name) is getattr(
         importlib.import_module(new), new_name)
+
+
+def test_config_methods_that_built_things_warn_and_delegate() -> None:
+    from health import HealthState
+    from health.config import parse_config
+
+    config = parse_config("[[services.a.checks]]\ntype = 'tcp'\nhost = 'h'\nport = 1\n")
+    with pytest.warns(DeprecationWarning, match=r"health\.sidecar\.build_check"):
+        check = config.checks[0].to_check()
+    assert (check.name, check.service) == ("a/tcp0", "a")
+    with pytest.warns(DeprecationWarning, match=r"health\.sidecar\.build_runner"):
+        runner = config.check_runner(HealthState())
+    assert [c.name for c in runner.checks] == ["a/tcp0"]

@@ -441,3 +441,16 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     config = _config_from_args(args, base)
     assert (config.port, config.grace, config.tls) == (1234, 7.0, None)
     assert config.initial_statuses()["a"] == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_the_file_sets_the_flag_defaults(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from health.__main__ import serve_main
+
+    path = tmp_path / "health.toml"
+    # A valid file whose values become the defaults; a flag then contradicts it.
+    path.write_text('[server]\nunix = "/tmp/never-used.sock"\n')
+    with pytest.raises(SystemExit) as info:
+        serve_main(["--config", str(path), "--tls-cert", "c.pem"])
+    assert info.value.code == 2
+    assert "TLS is for TCP" in capsys.readouterr().err
