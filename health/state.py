@@ -3,8 +3,8 @@
 ``HealthState`` now lives in :mod:`health.status_map` (also ``from health import
 HealthState``), ``Subscription`` and ``Watcher`` in :mod:`health.subscriptions`, the thread
 hand-off in :mod:`health.thread_bridge`. This module re-exports the old names for one
-release and is then removed. It raises no DeprecationWarning, because modules outside this
-package still import it and the test suite turns warnings into errors.
+release and is then removed. It raises no DeprecationWarning: ``health.admin`` and
+``bench/profile_server.py`` still import it, and the test suite turns warnings into errors.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 It is now :class:`health.follow.BackendFollower` (the name ``HealthWatcher`` was easy to
 confuse with the server-side ``health.subscriptions.Watcher``). This module keeps the old
-names importable for one release; it raises no DeprecationWarning because modules of this
-package still import it and the test suite turns warnings into errors.
+names importable for one release; it raises no DeprecationWarning because ``health.pool``
+still imports it and the test suite turns warnings into errors.
 """
 
 from __future__ import annotations

@@ -229,3 +229,29 @@ async def test_mutual_tls_over_the_pair(pair: StreamPair, tmp_path: Path) -> Non
     # The server saw TLS and the client's verified certificate.
     assert result.response == b"tls=True peer=client.example"
     assert echoed.response == b"x" * BIG
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+async def test_a_client_that_vanishes_mid_stream_frees_the_server(pair: StreamPair) -> None:
+    # The server is blocked writing a long stream the client stopped reading; when the client
+    # goes away the write must fail, the call end and serve_stream return: nothing hangs.
+    server = _server()
+    client_end, server_end = pair()
+    served = trio.Event()
+
+    async def serve() -> None:
+        await server.serve_stream(server_end)
+        served.set()
+
+    async def connect() -> trio.abc.Stream:
+        return client_end
+
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            async with open_channel("memory:1", connector=connect, connect_timeout=LIMIT,
+                                    ) as channel, channel.unary_stream(
+                    "/t.T/Count", b"100000", timeout=LIMIT) as stream:
+                first = [await stream.__anext__() for _ in range(3)]
+            await served.wait()
+    assert first == [b"0" * 100, b"1" * 100, b"2" * 100]
