@@ -18,7 +18,7 @@ import trio.testing
 
 from health import HealthServer, ServingStatus
 from health.client import HealthClient
-from tests.wire.test_stream_pairs import PAIRS, StreamPair
+from tests.streams import PAIRS, StreamPair
 from wire import Channel, RpcError, StatusCode, open_channel
 
 SERVING = ServingStatus.SERVING

@@ -39,7 +39,7 @@ from wire import (
 from wire.handlers import unary_stream, unary_unary
 from wire.tls import client_context, server_context
 
-StreamPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
+from ..streams import PAIRS, StreamPair, one_byte_stream_pair
 
 #: Generous for a slow CI box; never reached when the code is right (a deadlock hits it).
 LIMIT = 20.0
@@ -48,35 +48,6 @@ LIMIT = 20.0
 # receive_data call, hence small sizes: the suite stays fast.)
 WINDOW = 2048
 BIG = 3 * WINDOW + 100
-
-
-def _one_byte_one_way() -> tuple[trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream]:
-    send = trio.testing.MemorySendStream()
-    receive = trio.testing.MemoryReceiveStream()
-
-    def pump() -> None:
-        trio.testing.memory_stream_pump(send, receive, max_bytes=1)
-
-    async def pump_async() -> None:
-        pump()
-
-    # Each write and each read moves one byte across, so data trickles: a read returns what
-    # has been moved since the last one (usually a single byte), never a whole write.
-    send.send_all_hook = pump_async
-    receive.receive_some_hook = pump_async
-    send.close_hook = pump
-    return send, receive
-
-
-def one_byte_stream_pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
-    """A ``memory_stream_pair`` whose pumps move one byte per send and per receive."""
-    a_send, a_receive = _one_byte_one_way()
-    b_send, b_receive = _one_byte_one_way()
-    return (trio.StapledStream(a_send, b_receive), trio.StapledStream(b_send, a_receive))
-
-
-PAIRS = [pytest.param(trio.testing.lockstep_stream_pair, id="lockstep"),
-         pytest.param(one_byte_stream_pair, id="one-byte")]
 
 
 async def _echo(request: bytes, call: ServerCall) -> bytes:
