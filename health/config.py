@@ -58,7 +58,6 @@ table points at the line of its enclosing key).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import sys
@@ -70,6 +69,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ._moved import moved_names
+from ._toml_lines import KeyPath, format_key, key_lines
 from .checks import (
     DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_INTERVAL,
@@ -115,7 +115,6 @@ CHECK_TYPES = ("tcp", "http", "command", "grpc")
 #: ``admin_port``) also set; the flag wins over the file.
 FLAG_SETTINGS = ("host", "port", "unix", "admin_port", "grace", "list_limit", "metrics")
 
-KeyPath = tuple[str | int, ...]
 
 # Running a config moved to health.sidecar; resolved lazily so that this module stays pure.
 __getattr__ = moved_names(__name__, "health.sidecar", ("Sidecar", "run_sidecar"))
@@ -319,96 +318,6 @@ class SidecarConfig:
         return initial
 
 
-# ---------------------------------------------------------------------- locating keys
-
-
-def _format_key(path: KeyPath) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-            continue
-        text = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
-        out += f".{text}" if out else text
-    return out
-
-
-def _single_path(doc: Mapping[str, Any]) -> tuple[str, ...]:
-    """The key path of a document holding one nested key (as parsed from one line)."""
-    keys: list[str] = []
-    node: Any = doc
-    # Bounded by the nesting depth of a one-line document.
-    while isinstance(node, dict) and len(node) == 1:
-        key = next(iter(node))
-        keys.append(key)
-        node = node[key]
-    return tuple(keys)
-
-
-def _split_key(line: str) -> str | None:
-    """The text before the first ``=`` outside quotes, or None if there is none."""
-    quote = ""
-    for i, char in enumerate(line):
-        if quote:
-            if char == quote:
-                quote = ""
-        elif char in "\"'":
-            quote = char
-        elif char == "=":
-            return line[:i]
-        elif char == "#":
-            return None
-    return None
-
-
-def _key_lines(text: str) -> dict[KeyPath, int]:
-    """Map each table and key path written in ``text`` to the first line it appears on."""
-    lines: dict[KeyPath, int] = {}
-    arrays: dict[tuple[str, ...], int] = {}
-    table: KeyPath = ()
-
-    def resolve(keys: tuple[str, ...]) -> KeyPath:
-        # Keys below an array of tables belong to its latest element.
-        out: list[str | int] = []
-        for i, key in enumerate(keys):
-            out.append(key)
-            if i < len(keys) - 1 and keys[: i + 1] in arrays:
-                out.append(arrays[keys[: i + 1]])
-        return tuple(out)
-
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("["):
-            try:
-                keys = _single_path(tomllib.loads(line))
-            except tomllib.TOMLDecodeError:
-                continue  # a line inside a multi-line array, not a header
-            if not keys:
-                continue
-            # "[a.b]" also defines "a" here if nothing earlier did.
-            for i in range(1, len(keys) + 1):
-                lines.setdefault(resolve(keys[:i]), lineno)
-            if line.startswith("[["):
-                arrays[keys] = arrays.get(keys, -1) + 1
-                table = (*resolve(keys), arrays[keys])
-            else:
-                table = resolve(keys)
-            lines.setdefault(table, lineno)
-            continue
-        key_text = _split_key(line)
-        if key_text is None:
-            continue
-        try:
-            keys = _single_path(tomllib.loads(key_text + "= 0"))
-        except tomllib.TOMLDecodeError:
-            continue
-        for i in range(1, len(keys) + 1):
-            lines.setdefault((*table, *keys[:i]), lineno)
-    return lines
-
-
 # ------------------------------------------------------------------------- reading
 
 
@@ -524,7 +433,7 @@ class _Loader:
     def line_of(self, path: KeyPath) -> int | None:
         """The line where ``path`` (or its nearest written ancestor) appears."""
         if self._lines is None:
-            self._lines = _key_lines(self.text)
+            self._lines = key_lines(self.text)
         for end in range(len(path), 0, -1):
             line = self._lines.get(path[:end])
             if line is not None:
@@ -533,7 +442,7 @@ class _Loader:
 
     def origin(self, path: KeyPath) -> Origin:
         """Where ``path`` was written."""
-        return Origin(self.file, _format_key(path), self.line_of(path))
+        return Origin(self.file, format_key(path), self.line_of(path))
 
     def error(self, path: KeyPath, message: str) -> ConfigError:
         return self.origin(path).error(message)
