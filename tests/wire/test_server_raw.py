@@ -334,8 +334,9 @@ async def test_message_over_limit_is_resource_exhausted_connection_still_usable(
     assert service.requests == [b"after"]
 
 
-async def test_message_at_limit_accepted(service: WireService) -> None:
-    server = Server(service.handlers(), config=ServerConfig(max_receive_message_size=1000))
+async def test_message_at_limit_accepted(service: WireService, http2: str) -> None:
+    server = Server(service.handlers(),
+                    config=ServerConfig(http2=http2, max_receive_message_size=1000))
     async with open_memory_client(server.serve_stream) as client:
         ok = await unary(client, ECHO, b"y" * 1000)
         big = await unary(client, ECHO, b"y" * 1001)
@@ -368,8 +369,9 @@ async def test_gzip_request_accepted(server: Server, service: WireService,
         assert rec.payloads() == [payload]
 
 
-async def test_gzip_bomb_request_is_resource_exhausted(service: WireService) -> None:
-    server = Server(service.handlers(), config=ServerConfig(max_receive_message_size=1 << 16))
+async def test_gzip_bomb_request_is_resource_exhausted(service: WireService, http2: str) -> None:
+    server = Server(service.handlers(),
+                    config=ServerConfig(http2=http2, max_receive_message_size=1 << 16))
     bomb = gzip.compress(bytes(16 << 20))
     async with open_memory_client(server.serve_stream) as client:
         sid = await client.request(ECHO, grpc_frame(bomb, compressed=True),
@@ -429,7 +431,7 @@ async def test_zero_messages_end_stream_on_headers(server: Server) -> None:
     assert_trailers_only(rec, StatusCode.UNIMPLEMENTED)
 
 
-async def test_unparsable_request_is_internal() -> None:
+async def test_unparsable_request_is_internal(http2: str) -> None:
     called = False
 
     def parse(data: bytes) -> int:
@@ -440,7 +442,8 @@ async def test_unparsable_request_is_internal() -> None:
         called = True
         return b"%d" % (request + 1)
 
-    server = Server([unary_unary("/test.Parse/Inc", handler, parse, bytes)])
+    server = Server([unary_unary("/test.Parse/Inc", handler, parse, bytes)],
+                    config=ServerConfig(http2=http2))
     async with open_memory_client(server.serve_stream) as client:
         ok = await unary(client, "/test.Parse/Inc", b"41")
         assert called
@@ -514,9 +517,9 @@ async def test_no_rst_when_client_half_closed(server: Server) -> None:
 # ---------------------------------------------------------------------------------- limits
 
 
-async def test_101st_concurrent_stream_refused(service: WireService) -> None:
+async def test_101st_concurrent_stream_refused(service: WireService, http2: str) -> None:
     service.block_target = 100
-    server = Server(service.handlers())
+    server = Server(service.handlers(), config=ServerConfig(http2=http2))
     async with open_memory_client(server.serve_stream,
                                   ignore_max_concurrent_streams=True) as client:
         sids = [await client.request(BLOCK, grpc_frame(b"%d" % i)) for i in range(100)]
@@ -770,7 +773,7 @@ async def test_concurrent_streams_share_connection_window(server: Server) -> Non
 # ---------------------------------------------------------------------------------- more handlers
 
 
-async def test_streaming_error_after_messages_uses_trailers() -> None:
+async def test_streaming_error_after_messages_uses_trailers(http2: str) -> None:
     async def handler(request: bytes, call: ServerCall,
                       send: Callable[[bytes], Awaitable[None]]) -> None:
         call.set_initial_metadata([("x-first", "1")])
@@ -778,7 +781,8 @@ async def test_streaming_error_after_messages_uses_trailers() -> None:
         await send(b"two")
         raise RpcError(StatusCode.NOT_FOUND, "gone", [("x-last", "2")])
 
-    server = Server([unary_stream("/test.S/Fail", handler, bytes, bytes)])
+    server = Server([unary_stream("/test.S/Fail", handler, bytes, bytes)],
+                    config=ServerConfig(http2=http2))
     async with open_memory_client(server.serve_stream) as client:
         rec = await unary(client, "/test.S/Fail")
     assert len(rec.blocks) == 2 and rec.ended
@@ -792,12 +796,14 @@ async def test_streaming_error_after_messages_uses_trailers() -> None:
 @pytest.mark.parametrize(
     ("accept", "compressed"), [(b"gzip", True), (b"identity", False), (None, False)]
 )
-async def test_set_compression_only_when_offered(accept: bytes | None, compressed: bool) -> None:
+async def test_set_compression_only_when_offered(accept: bytes | None, compressed: bool,
+                                                 http2: str) -> None:
     async def handler(request: bytes, call: ServerCall) -> bytes:
         call.set_compression("gzip")
         return request * 100
 
-    server = Server([unary_unary("/test.C/Zip", handler, bytes, bytes)])
+    server = Server([unary_unary("/test.C/Zip", handler, bytes, bytes)],
+                    config=ServerConfig(http2=http2))
     headers = [] if accept is None else [(b"grpc-accept-encoding", accept)]
     async with open_memory_client(server.serve_stream) as client:
         rec = await unary(client, "/test.C/Zip", b"abc", headers=headers)
