@@ -17,7 +17,7 @@ import h2.errors
 import pytest
 import trio
 import trio.testing
-from hyperframe.frame import Frame, GoAwayFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import Frame, GoAwayFrame, PingFrame, SettingsFrame, WindowUpdateFrame
 
 from wire import RpcError, Server, ServerCall, ServerConfig, StatusCode, unary_stream, unary_unary
 from wire.metadata import percent_decode
@@ -30,6 +30,7 @@ from .h2client import (
     open_h2_client,
     open_memory_client,
 )
+from .rawconn import GoAway, RawConn, open_raw, request_frames
 from .service import (
     BLOCK,
     BOOM,
@@ -270,20 +271,25 @@ async def test_missing_te_is_400(server: Server) -> None:
     assert_trailers_only(rec, StatusCode.INTERNAL, http="400")
 
 
-async def test_te_other_than_trailers_is_a_stream_protocol_error(server: Server) -> None:
+async def test_te_other_than_trailers_is_malformed(server: Server, http2: str) -> None:
     # RFC 9113 section 8.2.2: "te" with any value but "trailers" makes the request malformed,
     # and section 8.1.1: "Malformed requests or responses that are detected MUST be treated as
-    # a stream error (Section 5.4.2) of type PROTOCOL_ERROR": the stream is reset, the
-    # connection lives on.
+    # a stream error (Section 5.4.2) of type PROTOCOL_ERROR". The native engine resets the
+    # stream and the connection lives on; h2 ends the connection (the README's engine table).
     headers = [(k, b"gzip" if k == b"te" else v) for k, v in grpc_request_headers(ECHO)]
     async with open_memory_client(server.serve_stream) as client:
         sid = await client.request(ECHO, grpc_frame(b"x"), base=headers)
         rec = await client.wait(sid)
-        ok = await unary(client, ECHO)
+        ok = await unary(client, ECHO) if http2 == "native" else None
     assert rec.blocks == []
-    assert rec.reset_code == int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
-    assert not client.goaways or all(g.error_code == NO_ERROR for g in client.goaways)
-    assert_ok(ok, [b"ping"])
+    if http2 == "native":
+        assert rec.reset_code == int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        assert not client.goaways or all(g.error_code == NO_ERROR for g in client.goaways)
+        assert ok is not None
+        assert_ok(ok, [b"ping"])
+    else:
+        assert rec.reset_code is None and rec.connection_lost
+        assert [g.error_code for g in client.goaways] == [int(h2.errors.ErrorCodes.PROTOCOL_ERROR)]
 
 
 # ---------------------------------------------------------------------------------- gRPC errors
@@ -689,9 +695,14 @@ async def test_graceful_shutdown(server: Server, service: WireService) -> None:
             nursery.start_soon(shutdown)
             with trio.fail_after(BOUND):
                 await client.goaway_received.wait()
+                # RFC 9113 section 6.8: GOAWAY(2^31-1) first; the last stream is named once
+                # the client has answered the PING that follows it (h2 answers by itself).
+                while len(client.goaways) < 2:
+                    await client.another_goaway.wait()
             assert client.goaways[0].error_code == NO_ERROR
-            assert client.goaways[0].last_stream_id == sid
-            # A stream opened after the GOAWAY is refused (safe to retry elsewhere).
+            assert client.goaways[0].last_stream_id == 2**31 - 1
+            assert client.goaways[1].last_stream_id == sid
+            # A stream opened after the final GOAWAY is refused (safe to retry elsewhere).
             late = await client.request(ECHO, grpc_frame(b"late"))
             rec_late = await client.wait(late)
             assert rec_late.reset_code == REFUSED_STREAM
@@ -704,6 +715,44 @@ async def test_graceful_shutdown(server: Server, service: WireService) -> None:
     assert_ok(rec, [b"in flight"])
     assert b"late" not in service.requests
     assert all(g.error_code == NO_ERROR for g in client.goaways)
+
+
+async def test_graceful_drain_names_the_last_stream_after_the_ping_ack(
+        server: Server, service: WireService) -> None:
+    # RFC 9113 section 6.8, as grpc-go does it: GOAWAY(2^31-1) and a PING; a request the
+    # client sent before it saw that GOAWAY is served; after the PING's ACK a second GOAWAY
+    # names the last stream, and only streams above it are refused.
+    async with open_raw(server) as raw:
+        held = raw.new_sid()
+        await raw.send(request_frames(held, BLOCK, b"held"))
+        with trio.fail_after(BOUND):
+            await service.all_in.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.shutdown, BOUND)
+            await raw.wait_until(lambda: bool(raw.goaways) and bool(pings(raw)))
+            assert raw.goaways == [GoAway(NO_ERROR, 2**31 - 1, b"")]
+            [ping] = pings(raw)
+            in_flight = raw.new_sid()
+            await raw.send(request_frames(in_flight, ECHO, b"in flight"))
+            assert_ok(await raw.wait_closed(in_flight), [b"in flight"])
+            assert len(raw.goaways) == 1  # no final GOAWAY before the ACK
+            await raw.send(PingFrame(0, flags=["ACK"], opaque_data=ping.opaque_data).serialize())
+            await raw.wait_until(lambda: len(raw.goaways) == 2)
+            assert raw.goaways[1] == GoAway(NO_ERROR, in_flight, b"")
+            late = raw.new_sid()
+            await raw.send(request_frames(late, ECHO, b"late"))
+            assert (await raw.wait_closed(late)).reset_code == REFUSED_STREAM
+            service.release.set()
+            held_rec = await raw.wait_closed(held)
+            await raw.wait_eof()
+    assert_ok(held_rec, [b"held"])
+    assert b"late" not in service.requests
+    assert all(g.last_stream_id <= in_flight for g in raw.goaways[1:])
+
+
+def pings(raw: RawConn) -> list[PingFrame]:
+    """The PINGs (not ACKs) the server sent."""
+    return [f for f in raw.frames if isinstance(f, PingFrame) and "ACK" not in f.flags]
 
 
 async def test_shutdown_grace_expires_unavailable(server: Server, service: WireService,

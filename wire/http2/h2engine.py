@@ -92,6 +92,25 @@ _RESET_MEMORY = 1024
 _UNLIMITED = 2**32 + 1
 
 
+def _check_settings(flags: int, length: int) -> None:
+    if flags & _ACK and length:
+        # Section 6.5: "Receipt of a SETTINGS frame with the ACK flag set and a length field
+        # value other than 0 MUST be treated as a connection error ... FRAME_SIZE_ERROR."
+        raise _Violation(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+    if length % 6:
+        raise _Violation(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
+
+
+def _zero_increment(sid: int, view: bytes, pos: int) -> bool:
+    """True for a WINDOW_UPDATE of 0 on a stream (a stream error, which h2 cannot make)."""
+    if _U32.unpack_from(view, pos + 9)[0] & 0x7FFFFFFF:
+        return False
+    if sid == 0:
+        # Section 6.9: an increment of 0 on the connection is a connection error.
+        raise _Violation(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+    return True
+
+
 class _AdvertisedSettings(h2.settings.Settings):
     """Our SETTINGS as h2 sends them: only the ones we set (the same frame as the native
     engine's), and without h2 enforcing MAX_CONCURRENT_STREAMS itself."""
@@ -361,22 +380,10 @@ class H2Engine:
                 # Section 3.4: the preface is followed by a SETTINGS frame; "Clients and
                 # servers MUST treat an invalid connection preface as a connection error".
                 raise _Violation(ErrorCode.PROTOCOL_ERROR,
-                                    "invalid HTTP/2 preamble: SETTINGS must come first")
+                                 "invalid HTTP/2 preamble: SETTINGS must come first")
             self._settings_seen = True
-            return False
-        if self._block_sid and ftype == _CONTINUATION and sid == self._block_sid:
-            self._block_frames += 1
-            if self._block_frames > MAX_CONTINUATION_FRAMES:
-                raise _Violation(ErrorCode.PROTOCOL_ERROR,
-                                    f"more than {MAX_CONTINUATION_FRAMES} CONTINUATION frames")
-            self._block_size += length
-            self._check_block_size()
-            if flags & _END_HEADERS:
-                self._block_sid = 0
-            return False
         if self._block_sid:
-            # Section 6.10: anything else inside a header block is a PROTOCOL_ERROR (h2 says so).
-            self._block_sid = 0
+            self._check_continuation(ftype, flags, sid, length)
             return False
         fixed = _FIXED_LENGTH.get(ftype)
         if fixed is not None and length != fixed:
@@ -386,46 +393,48 @@ class H2Engine:
             # FRAME_SIZE_ERROR" (for PRIORITY a stream error, but the stream may be idle).
             raise _Violation(ErrorCode.FRAME_SIZE_ERROR, f"frame of type {ftype} with length "
                              f"{length} (must be {fixed})")
-        if ftype == _SETTINGS:
-            if flags & _ACK and length:
-                # Section 6.5: "Receipt of a SETTINGS frame with the ACK flag set and a length
-                # field value other than 0 MUST be treated as a connection error ...
-                # FRAME_SIZE_ERROR."
-                raise _Violation(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
-            if length % 6:
-                raise _Violation(ErrorCode.FRAME_SIZE_ERROR,
-                                 "SETTINGS length not a multiple of 6")
+        if ftype == _HEADERS:
+            self._check_headers(flags, sid, view, pos, length)
+        elif ftype == _SETTINGS:
+            _check_settings(flags, length)
         elif ftype == _WINDOW_UPDATE:
-            if not _U32.unpack_from(view, pos + 9)[0] & 0x7FFFFFFF:
-                if sid == 0:
-                    # Section 6.9: an increment of 0 on the connection is a connection error.
-                    raise _Violation(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
-                # On a stream it is a stream error, which h2 does not know how to make.
-                return True
-        elif ftype == _HEADERS:
-            if sid & 1 and sid > self._seen_highest:
-                self._seen_highest = sid
-            if not flags & _END_HEADERS:
-                size = length
-                if flags & _PADDED and length:
-                    size -= 1 + view[pos + 9]
-                if flags & _PRIORITY:
-                    size -= 5
-                self._block_sid = sid or -1
-                self._block_size = max(size, 0)
-                self._block_frames = 0
-                self._check_block_size()
+            return _zero_increment(sid, view, pos)
         elif ftype == _RST_STREAM:
             if sid == 0 or not sid & 1 or sid > self._seen_highest:
                 # Section 6.4: "If a RST_STREAM frame identifying an idle stream is received,
                 # the recipient MUST treat this as a connection error ... PROTOCOL_ERROR."
-                raise _Violation(ErrorCode.PROTOCOL_ERROR,
-                                    f"RST_STREAM on idle stream {sid}")
-            code = _U32.unpack_from(view, pos + 9)[0] if length == 4 else 0
-            self._resets_seen.append((sid, code))
-        elif ftype == _GOAWAY:
-            return True
-        return False
+                raise _Violation(ErrorCode.PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
+            self._resets_seen.append((sid, _U32.unpack_from(view, pos + 9)[0]))
+        return ftype == _GOAWAY
+
+    def _check_continuation(self, ftype: int, flags: int, sid: int, length: int) -> None:
+        if ftype != _CONTINUATION or sid != self._block_sid:
+            # Section 6.10: anything else inside a header block is a PROTOCOL_ERROR (h2 says so).
+            self._block_sid = 0
+            return
+        self._block_frames += 1
+        if self._block_frames > MAX_CONTINUATION_FRAMES:
+            raise _Violation(ErrorCode.PROTOCOL_ERROR,
+                             f"more than {MAX_CONTINUATION_FRAMES} CONTINUATION frames")
+        self._block_size += length
+        self._check_block_size()
+        if flags & _END_HEADERS:
+            self._block_sid = 0
+
+    def _check_headers(self, flags: int, sid: int, view: bytes, pos: int, length: int) -> None:
+        if sid & 1 and sid > self._seen_highest:
+            self._seen_highest = sid
+        if flags & _END_HEADERS:
+            return
+        size = length
+        if flags & _PADDED and length:
+            size -= 1 + view[pos + 9]
+        if flags & _PRIORITY:
+            size -= 5
+        self._block_sid = sid or -1
+        self._block_size = max(size, 0)
+        self._block_frames = 0
+        self._check_block_size()
 
     def _check_block_size(self) -> None:
         # Cut a CONTINUATION flood (CVE-2024-27316 style) at the hard limit, before any of it
