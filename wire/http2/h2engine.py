@@ -65,6 +65,7 @@ _unpack_header = _FRAME_HEADER.unpack_from
 _GOAWAY_BODY = struct.Struct(">II")
 _U32 = struct.Struct(">I")
 
+_DATA = 0x0
 _HEADERS = 0x1
 _PRIORITY_FRAME = 0x2
 _RST_STREAM = 0x3
@@ -75,10 +76,20 @@ _WINDOW_UPDATE = 0x8
 _CONTINUATION = 0x9
 #: Frame types whose header this adapter checks (DATA and unknown types go straight to h2).
 _CHECKED = frozenset({_HEADERS, _PRIORITY_FRAME, _RST_STREAM, _SETTINGS, _PING, _GOAWAY,
-                      _WINDOW_UPDATE, _CONTINUATION})
+                      _WINDOW_UPDATE, _CONTINUATION, 0x5, 0xA})
 # RFC 9113 section 6: control frames of a fixed length; any other length is FRAME_SIZE_ERROR
 # (hyperframe rejects them too, but h2 then says PROTOCOL_ERROR).
 _FIXED_LENGTH = {_PRIORITY_FRAME: 5, _RST_STREAM: 4, _PING: 8, _WINDOW_UPDATE: 4}
+_PUSH_PROMISE = 0x5
+_SETTING = struct.Struct(">HI")
+_SET_ENABLE_PUSH = 0x2
+_SET_INITIAL_WINDOW_SIZE = 0x4
+_SET_MAX_FRAME_SIZE = 0x5
+_CONNECTION_ONLY = frozenset({_SETTINGS, _PING, _GOAWAY})
+_STREAM_ONLY = frozenset({_DATA, _HEADERS, _PRIORITY_FRAME, _RST_STREAM})
+# RFC 7838 section 4: "An ALTSVC frame from a client to a server MUST be ignored"; h2 would
+# parse it (and end the connection over a malformed one), so it never reaches h2.
+_ALTSVC = 0xA
 _ACK = 0x1
 _END_HEADERS = 0x4
 _PADDED = 0x8
@@ -92,13 +103,24 @@ _RESET_MEMORY = 1024
 _UNLIMITED = 2**32 + 1
 
 
-def _check_settings(flags: int, length: int) -> None:
+def _check_settings(flags: int, view: bytes, pos: int, length: int) -> None:
     if flags & _ACK and length:
         # Section 6.5: "Receipt of a SETTINGS frame with the ACK flag set and a length field
         # value other than 0 MUST be treated as a connection error ... FRAME_SIZE_ERROR."
         raise _Violation(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
     if length % 6:
         raise _Violation(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
+    # Section 6.5.2, for every entry: h2 sees only the last value of a repeated setting.
+    for at in range(pos + 9, pos + 9 + length, 6):
+        ident, value = _SETTING.unpack_from(view, at)
+        if ident == _SET_INITIAL_WINDOW_SIZE and value > 2**31 - 1:
+            raise _Violation(ErrorCode.FLOW_CONTROL_ERROR,
+                             "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1")
+        if ident == _SET_MAX_FRAME_SIZE and not 16384 <= value <= 2**24 - 1:
+            raise _Violation(ErrorCode.PROTOCOL_ERROR,
+                             f"SETTINGS_MAX_FRAME_SIZE {value} out of range")
+        if ident == _SET_ENABLE_PUSH and value > 1:
+            raise _Violation(ErrorCode.PROTOCOL_ERROR, f"SETTINGS_ENABLE_PUSH {value}")
 
 
 def _zero_increment(sid: int, view: bytes, pos: int) -> bool:
@@ -198,10 +220,17 @@ class H2Engine:
         self._block_frames = 0
         # The highest client stream id seen in a HEADERS frame (before h2 processed it).
         self._seen_highest = 0
-        # Streams reset by us, or by the peer and answered once with STREAM_CLOSED since.
+        # Streams reset by us (or by the peer and answered once with STREAM_CLOSED since),
+        # and streams the peer reset, not yet answered.
         self._reset_by_us: dict[int, bool] = {}
-        # Client RST_STREAM frames of the segment being processed, not yet reported.
+        self._reset_by_peer: dict[int, bool] = {}
+        # Streams opened by a request (remembered as many as the resets).
+        self._opened: dict[int, bool] = {}
+        # Client RST_STREAM frames of the segment being processed, not yet reported; the
+        # streams reset in the read being scanned; WINDOW_UPDATEs that may follow a reset.
         self._resets_seen: list[tuple[int, int]] = []
+        self._read_resets: set[int] = set()
+        self._late_window_updates: list[int] = []
         on: dict[type[Any], Callable[[Any], None]] = {
             h2.events.RequestReceived: self._on_request,
             h2.events.DataReceived: self._on_data,
@@ -334,6 +363,7 @@ class H2Engine:
         if self._buf:
             data = self._buf + data
         view = data
+        self._read_resets.clear()
         pos = seg = 0
         end = len(view)
         while end - pos >= 9:
@@ -350,7 +380,8 @@ class H2Engine:
                 break
             ftype = lt & 0xFF
             sid &= 0x7FFFFFFF
-            if ftype in _CHECKED or not self._settings_seen or self._block_sid:
+            if (ftype in _CHECKED or not self._settings_seen or self._block_sid
+                    or (flags & _PADDED and not length)):
                 try:
                     special = self._check_frame(ftype, flags, sid, view, pos, length)
                 except _Violation as exc:
@@ -363,7 +394,7 @@ class H2Engine:
                     seg = nxt
                     if ftype == _GOAWAY:
                         self._goaway_received(sid, view, pos + 9, length)
-                    else:
+                    elif ftype == _WINDOW_UPDATE:
                         self._zero_window_update(sid)
                     if self._closed:
                         return
@@ -371,6 +402,8 @@ class H2Engine:
         self._buf = view[pos:]
         self._feed_segment(view, seg, pos)
         self._report_resets()
+        if self._late_window_updates:
+            self._answer_late_window_updates()
 
     def _check_frame(self, ftype: int, flags: int, sid: int, view: bytes, pos: int,
                      length: int) -> bool:
@@ -385,33 +418,56 @@ class H2Engine:
         if self._block_sid:
             self._check_continuation(ftype, flags, sid, length)
             return False
+        if ftype in _CONNECTION_ONLY:
+            if sid:
+                # Sections 6.5, 6.7 and 6.8: SETTINGS, PING and GOAWAY "with a stream
+                # identifier other than 0x00" are a connection error PROTOCOL_ERROR.
+                raise _Violation(ErrorCode.PROTOCOL_ERROR, f"frame of type {ftype} on a stream")
+        elif ftype in _STREAM_ONLY and not sid:
+            # Sections 6.1 to 6.4: DATA, HEADERS, PRIORITY and RST_STREAM on stream 0 are a
+            # connection error PROTOCOL_ERROR.
+            raise _Violation(ErrorCode.PROTOCOL_ERROR, f"frame of type {ftype} on stream 0")
         fixed = _FIXED_LENGTH.get(ftype)
         if fixed is not None and length != fixed:
-            if ftype == _PRIORITY_FRAME and sid == 0:
-                raise _Violation(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
             # Sections 6.3, 6.4, 6.7 and 6.9: "... MUST be treated as a connection error ...
             # FRAME_SIZE_ERROR" (for PRIORITY a stream error, but the stream may be idle).
             raise _Violation(ErrorCode.FRAME_SIZE_ERROR, f"frame of type {ftype} with length "
                              f"{length} (must be {fixed})")
         if ftype == _HEADERS:
             self._check_headers(flags, sid, view, pos, length)
+        elif ftype == _CONTINUATION:
+            # Section 6.10: "A CONTINUATION frame MUST be preceded by a HEADERS, PUSH_PROMISE or
+            # CONTINUATION frame without the END_HEADERS flag set ... PROTOCOL_ERROR."
+            raise _Violation(ErrorCode.PROTOCOL_ERROR, "unexpected CONTINUATION")
+        elif ftype == _DATA and flags & _PADDED and not length:
+            # Section 6.1: padding "the length of the frame payload or greater" is a
+            # PROTOCOL_ERROR (h2 says FRAME_SIZE_ERROR for the missing Pad Length).
+            raise _Violation(ErrorCode.PROTOCOL_ERROR, "DATA padding too long")
         elif ftype == _SETTINGS:
-            _check_settings(flags, length)
+            _check_settings(flags, view, pos, length)
         elif ftype == _WINDOW_UPDATE:
-            return _zero_increment(sid, view, pos)
+            if _zero_increment(sid, view, pos):
+                return True
+            if sid and (sid in self._reset_by_peer or sid in self._read_resets):
+                self._late_window_updates.append(sid)
+        elif ftype == _PUSH_PROMISE:
+            # Section 8.4: "servers MUST treat the receipt of a PUSH_PROMISE frame as a
+            # connection error of type PROTOCOL_ERROR" (h2 first parses it).
+            raise _Violation(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
         elif ftype == _RST_STREAM:
             if sid == 0 or not sid & 1 or sid > self._seen_highest:
                 # Section 6.4: "If a RST_STREAM frame identifying an idle stream is received,
                 # the recipient MUST treat this as a connection error ... PROTOCOL_ERROR."
                 raise _Violation(ErrorCode.PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
             self._resets_seen.append((sid, _U32.unpack_from(view, pos + 9)[0]))
-        return ftype == _GOAWAY
+            self._read_resets.add(sid)
+        return ftype in (_GOAWAY, _ALTSVC)
 
     def _check_continuation(self, ftype: int, flags: int, sid: int, length: int) -> None:
         if ftype != _CONTINUATION or sid != self._block_sid:
-            # Section 6.10: anything else inside a header block is a PROTOCOL_ERROR (h2 says so).
-            self._block_sid = 0
-            return
+            # Section 6.10: "A receiver MUST treat the receipt of any other type of frame or a
+            # frame on a different stream as a connection error of type PROTOCOL_ERROR."
+            raise _Violation(ErrorCode.PROTOCOL_ERROR, "header block interrupted")
         self._block_frames += 1
         if self._block_frames > MAX_CONTINUATION_FRAMES:
             raise _Violation(ErrorCode.PROTOCOL_ERROR,
@@ -424,13 +480,23 @@ class H2Engine:
     def _check_headers(self, flags: int, sid: int, view: bytes, pos: int, length: int) -> None:
         if sid & 1 and sid > self._seen_highest:
             self._seen_highest = sid
-        if flags & _END_HEADERS:
-            return
         size = length
-        if flags & _PADDED and length:
+        if flags & _PADDED:
+            if not length:
+                # Section 4.2: a frame "too small to contain mandatory frame data".
+                raise _Violation(ErrorCode.FRAME_SIZE_ERROR, "HEADERS too short for padding")
             size -= 1 + view[pos + 9]
         if flags & _PRIORITY:
+            if length - (1 if flags & _PADDED else 0) < 5:
+                raise _Violation(ErrorCode.FRAME_SIZE_ERROR,
+                                 "HEADERS too short for priority fields")
             size -= 5
+        if size < 0:
+            # Section 6.2: "Padding that exceeds the size remaining for the field block
+            # fragment MUST be treated as a PROTOCOL_ERROR."
+            raise _Violation(ErrorCode.PROTOCOL_ERROR, "HEADERS padding too long")
+        if flags & _END_HEADERS:
+            return
         self._block_sid = sid or -1
         self._block_size = max(size, 0)
         self._block_frames = 0
@@ -471,7 +537,7 @@ class H2Engine:
         events = conn.receive_data(data)
         out = conn.data_to_send()
         if out:
-            self._out += self._drop_amplified_resets(out)
+            self._out += self._drop_amplified_resets(out, events)
         table = self._dispatch_table
         for ev in events:
             on = table.get(type(ev))
@@ -492,7 +558,7 @@ class H2Engine:
                 if self._closed:
                     return
 
-    def _drop_amplified_resets(self, out: bytes) -> bytes:
+    def _drop_amplified_resets(self, out: bytes, events: list[Any]) -> bytes:
         """h2's output while parsing, less the RST_STREAMs section 5.1 does not ask for."""
         pos = 0
         keep: list[bytes] = []
@@ -508,15 +574,49 @@ class H2Engine:
                     # streams after it has sent a RST_STREAM frame."
                     keep.append(out[kept_from:pos])
                     kept_from = nxt
-                else:
+                elif sid in self._reset_by_peer:
                     # After the peer's RST_STREAM: answered once, and from then on the stream
                     # is one we reset.
+                    del self._reset_by_peer[sid]
                     _remember(self._reset_by_us, sid, True)
+                elif sid not in self._opened or sid in self._stream_errors(events):
+                    # h2's stream error (DATA after END_STREAM, or on a stream closed without
+                    # ever being opened): once per stream.
+                    _remember(self._reset_by_us, sid, True)
+                else:
+                    # h2 answers DATA on a stream closed by END_STREAM both ways with a stream
+                    # error; section 5.1 "closed": "an endpoint that receives any frames after
+                    # receiving a frame with the END_STREAM flag set MUST treat that as a
+                    # connection error (Section 5.4.1) of type STREAM_CLOSED".
+                    self._out += out[:pos]
+                    raise self._fail(ErrorCode.STREAM_CLOSED, f"DATA on closed stream {sid}")
             pos = nxt
         if not kept_from:
             return out
         keep.append(out[kept_from:])
         return b"".join(keep)
+
+    @staticmethod
+    def _stream_errors(events: list[Any]) -> set[int]:
+        return {ev.stream_id for ev in events
+                if type(ev) is h2.events.StreamReset and not ev.remote_reset}
+
+    def _answer_late_window_updates(self) -> None:
+        # Section 5.1: "An endpoint that receives any frame other than PRIORITY after receiving
+        # a RST_STREAM MUST treat that as a stream error ... STREAM_CLOSED"; h2 ignores a
+        # WINDOW_UPDATE there. Answered once, like DATA (see _drop_amplified_resets).
+        late = self._late_window_updates
+        self._late_window_updates = []
+        for sid in late:
+            if self._closed:
+                return
+            if sid in self._reset_by_peer:
+                del self._reset_by_peer[sid]
+                _remember(self._reset_by_us, sid, True)
+                out = self._out
+                out += self._conn.data_to_send()
+                out += _FRAME_HEADER.pack((4 << 8) | _RST_STREAM, 0, sid)
+                out += _U32.pack(ErrorCode.STREAM_CLOSED)
 
     def _fail(self, code: int, message: str) -> RemoteProtocolError:
         # Section 5.4.1: "An endpoint that encounters a connection error SHOULD first send a
@@ -545,6 +645,7 @@ class H2Engine:
 
     def _on_request(self, ev: h2.events.RequestReceived) -> None:
         self._ended = ev.stream_ended
+        _remember(self._opened, ev.stream_id, True)
         self._handler.on_request(ev.stream_id, ev.headers, ev.stream_ended is not None)
 
     def _on_data(self, ev: h2.events.DataReceived) -> None:
@@ -570,6 +671,7 @@ class H2Engine:
                 if rsid == sid:
                     del seen[i]
                     break
+            _remember(self._reset_by_peer, sid, True)
         else:
             _remember(self._reset_by_us, sid, True)
         self._handler.on_stream_reset(sid, ev.error_code, bool(ev.remote_reset))
