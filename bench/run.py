@@ -49,7 +49,9 @@ PEER_VENV = BENCH / ".venv-peers"
 PEER_PY = PEER_VENV / "bin" / "python"
 PEER_PACKAGES = ["grpclib", "protobuf", "grpcio", "grpcio-health-checking"]
 
-SERVERS = ("ours", "ours-native", "grpclib", "grpcio")
+SERVERS = ("ours", "ours-native", "h2-floor", "grpclib", "grpcio")
+#: bench/h2_floor.py: bare Trio + h2 answering Check only (no Watch, no validation).
+FLOOR = "h2-floor"
 #: Our server on each HTTP/2 engine: "ours" is the default engine (h2).
 OURS = {"ours": "h2", "ours-native": "native"}
 POINTS = ((1, 1), (1, 16), (8, 16))
@@ -376,6 +378,8 @@ def start_server(kind: str, logdir: Path) -> Iterator[Server]:
         cmd = [sys.executable, str(BENCH / "serve_ours.py"), OURS[kind], "serve",
                "--host", "127.0.0.1", "--port", "0",
                "--admin-port", "0", "--grace", "0.5", "--log-level", "WARNING", *svc_args]
+    elif kind == FLOOR:
+        cmd = [sys.executable, str(BENCH / "h2_floor.py"), "--port", "0"]
     else:
         cmd = [str(PEER_PY), str(BENCH / "peer_server.py"), kind, "--port", "0", *svc_args]
     proc = Proc(kind, [*NICE, *cmd], logdir)
@@ -415,7 +419,7 @@ def verify(server: Server, captured: Any, logdir: Path) -> str:
         raise BenchError(f"{server.kind} does not answer h2load's Check request with OK "
                          f"SERVING: {reply.describe()}")
     note = f"h2load request replayed: {reply.describe()}"
-    grpc_py = PEER_PY if PEER_PY.exists() else None
+    grpc_py = PEER_PY if PEER_PY.exists() and server.kind != FLOOR else None  # Check only
     if grpc_py is not None:
         result = run_cmd([str(grpc_py), str(BENCH / "grpc_verify.py"),
                           f"127.0.0.1:{server.port}", CHECK_SERVICE], 60, "grpcio verification")
@@ -775,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ensure_ours()
         h2load = ensure_h2load()
-        peers = [s for s in args.only if s not in OURS]
+        peers = [s for s in args.only if s not in OURS and s != FLOOR]
         if peers:
             ensure_peer_venv()
         results: dict[str, Any] = {
@@ -828,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
                 info["error"] = str(exc).splitlines()[0]
                 log(f"{kind} FAILED: {exc}")
                 continue
-            if args.skip_watch:
+            if args.skip_watch or kind == FLOOR:
                 continue
             results["watch"][kind] = {}
             for n in args.watchers:

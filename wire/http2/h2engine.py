@@ -95,8 +95,10 @@ _END_HEADERS = 0x4
 _PADDED = 0x8
 _PRIORITY = 0x20
 
-_SENDABLE = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
-_REMOTE_DONE = frozenset({StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED})
+# Compared by identity: an enum's hash is a Python-level call, and these run per response.
+_OPEN = StreamState.OPEN
+_HALF_CLOSED_REMOTE = StreamState.HALF_CLOSED_REMOTE
+_STREAM_CLOSED = StreamState.CLOSED
 #: Reset streams remembered to answer their late frames (as the native codec's memory).
 _RESET_MEMORY = 1024
 #: h2's own concurrent-stream check, kept out of the way (see the module docstring).
@@ -271,11 +273,17 @@ class H2Engine:
 
     def can_send(self, stream_id: int) -> bool:
         st = self._conn.streams.get(stream_id)
-        return st is not None and not self._closed and st.state_machine.state in _SENDABLE
+        if st is None or self._closed:
+            return False
+        state = st.state_machine.state
+        return state is _OPEN or state is _HALF_CLOSED_REMOTE
 
     def remote_closed(self, stream_id: int) -> bool:
         st = self._conn.streams.get(stream_id)
-        return st is None or st.state_machine.state in _REMOTE_DONE
+        if st is None:
+            return True
+        state = st.state_machine.state
+        return state is _HALF_CLOSED_REMOTE or state is _STREAM_CLOSED
 
     # ------------------------------------------------------------------ commands
 
