@@ -77,9 +77,6 @@ _OK_TRAILERS: HeaderList = ((b"grpc-status", b"0"),)
 class ServerConfig:
     """Limits and settings of a server connection; every field has a production default."""
 
-    #: The HTTP/2 engine: "h2" (the h2 library, the default) or "native" (our own codec,
-    #: less CPU per call). Both enforce every limit below; see the README's engine table.
-    http2: EngineName = "h2"
     #: SETTINGS_MAX_CONCURRENT_STREAMS; streams beyond it get RST_STREAM REFUSED_STREAM.
     max_concurrent_streams: int = 100
     #: Largest request header list (RFC 9113 size: name + value + 32 per field) we serve;
@@ -113,6 +110,9 @@ class ServerConfig:
     max_ping_strikes: int = 2
     #: Time source for the windows above (seconds, monotonic).
     clock: Callable[[], float] = time.monotonic
+    #: The HTTP/2 engine: "h2" (the h2 library, the default) or "native" (our own codec,
+    #: less CPU per call). Both enforce every limit above; see the README's engine table.
+    http2: EngineName = "h2"
 
     def __post_init__(self) -> None:
         if self.http2 not in get_args(EngineName):

@@ -9,12 +9,13 @@ every other case must come out the same on both engines.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
-from hyperframe.frame import GoAwayFrame, PingFrame, RstStreamFrame
+from hyperframe.frame import GoAwayFrame, PingFrame, RstStreamFrame, WindowUpdateFrame
 
 from wire import ProtocolError, ServerConfig, ServerConnection
+from wire.http2 import Engine, open_engine
 from wire.status import ErrorCode
 
 from .h2client import grpc_frame, grpc_request_headers
@@ -257,3 +258,93 @@ def test_unknown_engine_is_a_value_error_naming_the_field() -> None:
 def test_default_engine_is_h2() -> None:
     assert ServerConfig().http2 == "h2"
     assert ServerConnection().http2 == "h2"
+
+
+class _Recorder:
+    """An EngineHandler that writes down what it is told."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, ...]] = []
+
+    def on_settings(self, initial_window_changed: bool) -> None:
+        self.seen.append(("settings", initial_window_changed))
+
+    def on_request(self, stream_id: int, headers: list[tuple[bytes, bytes]],
+                   end_stream: bool) -> None:
+        self.seen.append(("request", stream_id, end_stream))
+
+    def on_malformed(self, stream_id: int, reason: str) -> None:
+        self.seen.append(("malformed", stream_id))
+
+    def on_data(self, stream_id: int, data: bytes, flow_length: int, end_stream: bool) -> None:
+        self.seen.append(("data", stream_id, len(data), flow_length, end_stream))
+
+    def on_trailers(self, stream_id: int) -> None:
+        self.seen.append(("trailers", stream_id))
+
+    def on_stream_reset(self, stream_id: int, error_code: int, remote: bool) -> None:
+        self.seen.append(("reset", stream_id, error_code, remote))
+
+    def on_window_update(self, stream_id: int) -> None:
+        self.seen.append(("window", stream_id))
+
+    def on_ping(self) -> None:
+        self.seen.append(("ping",))
+
+    def on_ping_ack(self, opaque: bytes) -> None:
+        self.seen.append(("ping-ack", opaque))
+
+    def on_goaway(self, error_code: int, last_stream_id: int, debug: bytes) -> None:
+        self.seen.append(("goaway", error_code, last_stream_id, debug))
+
+
+def _engine(http2: str, handler: _Recorder) -> Engine:
+    limits = replace(ServerConfig(), initial_window_size=65535,
+                     connection_window_increment=0).engine_limits()
+    engine = open_engine(http2, handler, limits)
+    engine.receive_data(PREFACE + settings_frame())
+    engine.data_to_send()
+    return engine
+
+
+def _window_updates(engine: Engine) -> list[tuple[int, int]]:
+    return [(f.stream_id, f.window_increment) for f in parse_frames(engine.data_to_send())
+            if isinstance(f, WindowUpdateFrame)]
+
+
+def test_h2_engine_returns_credit_only_when_acknowledged() -> None:
+    # What client streaming needs: the window reopens as the handler consumes, not on arrival.
+    rec = _Recorder()
+    engine = _engine("h2", rec)
+    engine.receive_data(headers_frame(1, BLOCK) + data_frame(1, b"x" * 16000) * 3)
+    assert rec.seen[-1] == ("data", 1, 16000, 16000, False)
+    assert _window_updates(engine) == []
+    engine.acknowledge_data(1, 48000)
+    assert sorted(_window_updates(engine)) == [(0, 48000), (1, 48000)]
+
+
+def test_native_engine_returns_credit_as_data_arrives() -> None:
+    # The native codec reopens windows by itself once half is used (see wire/http2/native.py).
+    rec = _Recorder()
+    engine = _engine("native", rec)
+    engine.receive_data(headers_frame(1, BLOCK) + data_frame(1, b"x" * 16000) * 3)
+    assert sorted(_window_updates(engine)) == [(0, 48000), (1, 48000)]
+    engine.acknowledge_data(1, 48000)
+    assert _window_updates(engine) == []
+
+
+@pytest.mark.parametrize("http2", ["h2", "native"])
+def test_engine_reports_in_order_and_goaway_never_increases(http2: str) -> None:
+    rec = _Recorder()
+    engine = _engine(http2, rec)
+    engine.receive_data(request_frames(1) + ping_frame(b"12345678")
+                        + PingFrame(0, flags=["ACK"], opaque_data=b"drain\0\0\0").serialize()
+                        + raw(0x7, 0, 0, struct.pack(">II", 1, 0) + b"bye"))
+    assert [s[0] for s in rec.seen] == ["settings", "request", "data", "ping", "ping-ack",
+                                        "goaway"]
+    assert rec.seen[-1] == ("goaway", 0, 1, b"bye")
+    engine.goaway(0, last_stream_id=2**31 - 1)
+    engine.goaway(0)
+    engine.goaway(0, last_stream_id=2**31 - 1)
+    assert [f.last_stream_id for f in parse_frames(engine.data_to_send())
+            if isinstance(f, GoAwayFrame)] == [2**31 - 1, 1, 1]
