@@ -193,37 +193,21 @@ class _Hooks:
             setattr(self, name, callback)
 
 
-@dataclass(slots=True)
-class _RequestFields:
-    """The header fields of a request the gRPC layer looks at, and the list's size."""
-
-    method: bytes | None = None
-    path: bytes | None = None
-    authority: bytes = b""
-    content_type: bytes | None = None
-    te: bytes | None = None
-    timeout: bytes | None = None
-    encoding: bytes | None = None
-    accept: bytes | None = None
-    size: int = 0
+#: The request header fields the gRPC layer looks at (the last of a repeated one counts).
+_FIELDS = frozenset({b":path", b":method", b":authority", b"content-type", b"te",
+                     b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding"})
 
 
-_FIELD_NAMES = {b":path": "path", b":method": "method", b":authority": "authority",
-                b"content-type": "content_type", b"te": "te", b"grpc-timeout": "timeout",
-                b"grpc-encoding": "encoding", b"grpc-accept-encoding": "accept"}
-
-
-def _request_fields(headers: list[tuple[bytes, bytes]]) -> _RequestFields:
-    fields = _RequestFields()
+def _request_fields(headers: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], int]:
+    """The fields in ``_FIELDS``, and the header list's RFC 9113 size."""
+    found: dict[bytes, bytes] = {}
     size = 0
-    names = _FIELD_NAMES
+    wanted = _FIELDS
     for name, value in headers:
         size += len(name) + len(value) + 32
-        attr = names.get(name)
-        if attr is not None:
-            setattr(fields, attr, value)
-    fields.size = size
-    return fields
+        if name in wanted:
+            found[name] = value
+    return found, size
 
 
 class _Rejected(Exception):
@@ -432,10 +416,11 @@ class ServerConnection:
         if refusal is not None:
             self._refuse(sid, refusal)
             return
-        fields = _request_fields(headers)
+        fields, size = _request_fields(headers)
         try:
-            self._check_request(fields)
-            timeout = parse_timeout(fields.timeout) if fields.timeout is not None else None
+            self._check_request(fields, size)
+            raw_timeout = fields.get(b"grpc-timeout")
+            timeout = parse_timeout(raw_timeout) if raw_timeout is not None else None
         except _Rejected as exc:
             self._reject(sid, exc.http_status, exc.code, exc.message, exc.extra)
             return
@@ -444,14 +429,14 @@ class ServerConnection:
             return
         try:
             metadata = from_headers(headers)
-            enc = _request_encoding(fields.encoding)
+            enc = _request_encoding(fields.get(b"grpc-encoding"))
         except _Rejected as exc:
             self._reject(sid, exc.http_status, exc.code, exc.message, exc.extra)
             return
         except ValueError as exc:
             self._reject(sid, 400, StatusCode.INTERNAL, f"malformed binary metadata: {exc}")
             return
-        accept = fields.accept
+        accept = fields.get(b"grpc-accept-encoding")
         accepted = parse_accept_encoding(accept.decode("ascii", "replace") if accept else None)
         # Answer in the request's encoding when the client also accepts it, as grpc-go does;
         # never compress toward a peer that did not offer the encoding.
@@ -459,14 +444,14 @@ class ServerConnection:
         decoder = MessageDecoder(max_message_size=self.config.max_receive_message_size,
                                  encoding=enc)
         self._calls[sid] = _Call(decoder, send_encoding)
-        path = fields.path
+        path = fields.get(b":path")
         self._events.append(
             RequestReceived(
                 stream_id=sid,
                 method=path.decode("utf-8", "replace") if path else "",
                 metadata=metadata,
                 timeout=timeout,
-                authority=fields.authority.decode("utf-8", "replace"),
+                authority=fields.get(b":authority", b"").decode("utf-8", "replace"),
                 encoding=enc,
                 accept_encoding=accepted,
             )
@@ -482,23 +467,23 @@ class ServerConnection:
             return "server is shutting down"
         return None
 
-    def _check_request(self, fields: _RequestFields) -> None:
+    def _check_request(self, fields: dict[bytes, bytes], size: int) -> None:
         """The gRPC request checks, in grpc-go's order; raises ``_Rejected``."""
         limit = self.config.max_header_list_size
-        if fields.size > limit:
+        if size > limit:
             raise _Rejected(200, StatusCode.RESOURCE_EXHAUSTED, f"request header list of "
-                            f"{fields.size} bytes exceeds the limit of {limit}")
-        method = fields.method
+                            f"{size} bytes exceeds the limit of {limit}")
+        method = fields.get(b":method")
         if method != b"POST":
             # PROTOCOL-HTTP2.md: only POST is a gRPC request.
             shown = method.decode("ascii", "replace") if method else ""
             raise _Rejected(405, StatusCode.INTERNAL, f"invalid gRPC request method {shown!r}")
-        content_type = fields.content_type
+        content_type = fields.get(b"content-type")
         if content_type is None or not _is_grpc_content_type(content_type):
             shown = content_type.decode("ascii", "replace") if content_type else ""
             raise _Rejected(415, StatusCode.INTERNAL,
                             f"invalid gRPC request content-type {shown!r}")
-        if fields.te != b"trailers":
+        if fields.get(b"te") != b"trailers":
             # "TE → 'te' 'trailers' # Used to detect incompatible proxies"
             raise _Rejected(400, StatusCode.INTERNAL,
                             "missing or invalid te header: gRPC requires 'te: trailers'")

@@ -297,14 +297,19 @@ class H2Engine:
             return 0
         conn = self._conn
         total = len(data)
+        limit = conn.max_outbound_frame_size
+        if total <= limit:
+            # The common case, one frame within the windows: h2 checks them itself. It
+            # serializes the frame at once, so a bytearray the caller reuses is safe.
+            try:
+                conn.send_data(stream_id, cast(bytes, data), end_stream=end_stream)
+            except h2.exceptions.FlowControlError:
+                pass
+            else:
+                return total
         window = min(conn.local_flow_control_window(stream_id), total)
         if window <= 0 and total:
             return 0
-        limit = conn.max_outbound_frame_size
-        if window == total and total <= limit:
-            # h2 serializes the frame at once, so a bytearray the caller reuses is safe.
-            conn.send_data(stream_id, cast(bytes, data), end_stream=end_stream)
-            return total
         view = memoryview(data)
         sent = 0
         while sent < window:
