@@ -105,6 +105,25 @@ _RESET_MEMORY = 1024
 _UNLIMITED = 2**32 + 1
 
 
+def _check_stream_and_length(ftype: int, sid: int, length: int) -> None:
+    """The stream-id and fixed-length rules, in the order the native codec applies them."""
+    if ftype in _CONNECTION_ONLY:
+        if sid:
+            # Sections 6.5, 6.7 and 6.8: SETTINGS, PING and GOAWAY "with a stream identifier
+            # other than 0x00" are a connection error PROTOCOL_ERROR.
+            raise _Violation(ErrorCode.PROTOCOL_ERROR, f"frame of type {ftype} on a stream")
+    elif ftype in _STREAM_ONLY and not sid:
+        # Sections 6.1 to 6.4: DATA, HEADERS, PRIORITY and RST_STREAM on stream 0 are a
+        # connection error PROTOCOL_ERROR.
+        raise _Violation(ErrorCode.PROTOCOL_ERROR, f"frame of type {ftype} on stream 0")
+    fixed = _FIXED_LENGTH.get(ftype)
+    if fixed is not None and length != fixed:
+        # Sections 6.3, 6.4, 6.7 and 6.9: "... MUST be treated as a connection error ...
+        # FRAME_SIZE_ERROR" (for PRIORITY a stream error, but the stream may be idle).
+        raise _Violation(ErrorCode.FRAME_SIZE_ERROR, f"frame of type {ftype} with length "
+                         f"{length} (must be {fixed})")
+
+
 def _check_settings(flags: int, view: bytes, pos: int, length: int) -> None:
     if flags & _ACK and length:
         # Section 6.5: "Receipt of a SETTINGS frame with the ACK flag set and a length field
@@ -431,21 +450,7 @@ class H2Engine:
         if self._block_sid:
             self._check_continuation(ftype, flags, sid, length)
             return False
-        if ftype in _CONNECTION_ONLY:
-            if sid:
-                # Sections 6.5, 6.7 and 6.8: SETTINGS, PING and GOAWAY "with a stream
-                # identifier other than 0x00" are a connection error PROTOCOL_ERROR.
-                raise _Violation(ErrorCode.PROTOCOL_ERROR, f"frame of type {ftype} on a stream")
-        elif ftype in _STREAM_ONLY and not sid:
-            # Sections 6.1 to 6.4: DATA, HEADERS, PRIORITY and RST_STREAM on stream 0 are a
-            # connection error PROTOCOL_ERROR.
-            raise _Violation(ErrorCode.PROTOCOL_ERROR, f"frame of type {ftype} on stream 0")
-        fixed = _FIXED_LENGTH.get(ftype)
-        if fixed is not None and length != fixed:
-            # Sections 6.3, 6.4, 6.7 and 6.9: "... MUST be treated as a connection error ...
-            # FRAME_SIZE_ERROR" (for PRIORITY a stream error, but the stream may be idle).
-            raise _Violation(ErrorCode.FRAME_SIZE_ERROR, f"frame of type {ftype} with length "
-                             f"{length} (must be {fixed})")
+        _check_stream_and_length(ftype, sid, length)
         if ftype == _HEADERS:
             self._check_headers(flags, sid, view, pos, length)
         elif ftype == _CONTINUATION:
@@ -459,10 +464,7 @@ class H2Engine:
         elif ftype == _SETTINGS:
             _check_settings(flags, view, pos, length)
         elif ftype == _WINDOW_UPDATE:
-            if _zero_increment(sid, view, pos):
-                return True
-            if sid and (sid in self._reset_by_peer or sid in self._read_resets):
-                self._late_window_updates.append(sid)
+            return self._check_window_update(sid, view, pos)
         elif ftype == _PUSH_PROMISE:
             # Section 8.4: "servers MUST treat the receipt of a PUSH_PROMISE frame as a
             # connection error of type PROTOCOL_ERROR" (h2 first parses it).
@@ -475,6 +477,13 @@ class H2Engine:
             self._resets_seen.append((sid, _U32.unpack_from(view, pos + 9)[0]))
             self._read_resets.add(sid)
         return ftype in (_GOAWAY, _ALTSVC)
+
+    def _check_window_update(self, sid: int, view: bytes, pos: int) -> bool:
+        if _zero_increment(sid, view, pos):
+            return True
+        if sid and (sid in self._reset_by_peer or sid in self._read_resets):
+            self._late_window_updates.append(sid)
+        return False
 
     def _check_continuation(self, ftype: int, flags: int, sid: int, length: int) -> None:
         if ftype != _CONTINUATION or sid != self._block_sid:
