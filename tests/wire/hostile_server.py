@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
+from hpack.hpack import encode_integer
 
 from wire.status import ErrorCode
 
@@ -40,15 +41,8 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
 
 def hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
     """RFC 7541 section 5.1 integer with an N-bit prefix (``first`` holds the high bits)."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes([first | value])
-    out = bytearray([first | limit])
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
+    out = encode_integer(value, prefix_bits)
+    out[0] |= first
     return bytes(out)
 
 

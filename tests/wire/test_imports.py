@@ -81,14 +81,19 @@ SANS_IO = sorted(name for name, tree in MODULES.items()
                  if name != "wire" and not _imports_trio_at_module_level(tree))
 
 
+def _run_python(code: str) -> str:
+    """The standard output of ``code`` run in a fresh interpreter at the repository root."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def _loaded_after_import(statement: str) -> list[str]:
     """The trio modules in ``sys.modules`` after ``statement`` in a fresh interpreter."""
     code = (f"import sys\n{statement}\nimport json\n"
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'trio')))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    loaded: list[str] = json.loads(done.stdout.splitlines()[-1])
+    loaded: list[str] = json.loads(_run_python(code).splitlines()[-1])
     return loaded
 
 
@@ -122,10 +127,7 @@ def test_every_public_name_resolves() -> None:
             "names = {n: getattr(wire, n) for n in wire.__all__}\n"
             "from wire import *\n"
             "import json; print(json.dumps(sorted(names)))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1]) == sorted(wire.__all__)
+    assert json.loads(_run_python(code).splitlines()[-1]) == sorted(wire.__all__)
     for name in wire.__all__:
         value = getattr(wire, name)
         if name == "__version__":
@@ -153,10 +155,7 @@ def test_submodules_load_on_first_use() -> None:
             "assert 'trio' not in sys.modules\n"
             "assert wire.server.Server is wire.Server\n"
             "print('ok')")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["ok"]
+    assert _run_python(code).split() == ["ok"]
 
 
 def test_unknown_name_is_an_attribute_error() -> None:
