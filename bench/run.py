@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -574,6 +574,43 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}"
 
 
+def _usable(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A measurement that can be compared: present and not failed."""
+    return result if result and "error" not in result else None
+
+
+def _ratio_tables(kinds: list[str],
+                  pick: Callable[[str, str], dict[str, Any] | None],
+                  points: list[tuple[str, str]],
+                  metrics: tuple[tuple[str, str], ...], *, title: str, intro: list[str],
+                  first_column: tuple[str, str]) -> list[str]:
+    """One "ours / peer" table per server of ours: a row per point and metric.
+
+    ``pick(kind, key)`` is the comparable result of one server at one point (None if there is
+    none); ``points`` pairs each key with the label its rows show.
+    """
+    lines: list[str] = []
+    name, align = first_column
+    for ours in [k for k in kinds if k in OURS]:
+        peers = [k for k in kinds if k != ours and (ours != "ours" or k not in OURS)]
+        if not peers:
+            continue
+        lines += ["", f"### Ratios {ours} / peer{title}", "", *intro,
+                  f"| {name} | metric | " + " | ".join(f"{ours}/{p}" for p in peers) + " |",
+                  align + "---|" + "---:|" * len(peers)]
+        for key, label in points:
+            o = pick(ours, key)
+            if o is None:
+                continue
+            for metric, metric_label in metrics:
+                cells = []
+                for p in peers:
+                    other = pick(p, key)
+                    cells.append(_ratio(o[metric], other[metric]) if other else "—")
+                lines.append(f"| {label} | {metric_label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render(results: dict[str, Any]) -> str:
     env = results["env"]
     cfg = results["config"]
@@ -633,26 +670,13 @@ def render(results: dict[str, Any]) -> str:
                              f"{_fmt(md['p50_ms'], 2)} | {_fmt(md['p99_ms'], 2)} | "
                              f"{_fmt(md['cpu_us'], 0)} | {_fmt(md['cpu_util'], 0)} | "
                              f"{_fmt(md.get('cpu_wait'), 0)} |")
-        for ours in [k for k in kinds if k in OURS]:
-            peers = [k for k in kinds if k != ours and (ours != "ours" or k not in OURS)]
-            if not peers:
-                continue
-            lines += ["", f"### Ratios {ours} / peer", "",
-                      "Throughput: above 1 means ours is faster. CPU and latency: below 1 means "
-                      "ours is cheaper/quicker.", "",
-                      "| c x m | metric | " + " | ".join(f"{ours}/{p}" for p in peers) + " |",
-                      "|---|---|" + "---:|" * len(peers)]
-            for point in [f"{c}x{m}" for c, m in POINTS]:
-                o = check.get(ours, {}).get(point, {}).get("median")
-                if o is None:
-                    continue
-                for metric, label in (("rps", "req/s"), ("cpu_us", "CPU/req"),
-                                      ("p50_ms", "p50"), ("p99_ms", "p99")):
-                    cells = []
-                    for p in peers:
-                        pm = check.get(p, {}).get(point, {}).get("median")
-                        cells.append(_ratio(o[metric], pm[metric]) if pm else "—")
-                    lines.append(f"| {point} | {label} | " + " | ".join(cells) + " |")
+        lines += _ratio_tables(
+            kinds, lambda kind, point: check.get(kind, {}).get(point, {}).get("median"),
+            [(f"{c}x{m}", f"{c}x{m}") for c, m in POINTS],
+            (("rps", "req/s"), ("cpu_us", "CPU/req"), ("p50_ms", "p50"), ("p99_ms", "p99")),
+            title="", intro=["Throughput: above 1 means ours is faster. CPU and latency: below 1 "
+                             "means ours is cheaper/quicker.", ""],
+            first_column=("c x m", "|---|"))
     watch = results.get("watch", {})
     if watch:
         lines += ["", "## Watch fan-out", "",
@@ -679,27 +703,13 @@ def render(results: dict[str, Any]) -> str:
                              f"{_fmt(r['change_cpu_us_per_watcher'], 1)} | "
                              f"{_fmt(r['rss_per_watcher_kib'], 1)} | "
                              f"{_fmt(r['idle_cpu_pct'], 1)} |")
-        for ours in [k for k in kinds if k in OURS]:
-            peers = [k for k in kinds if k != ours and (ours != "ours" or k not in OURS)]
-            if not peers:
-                continue
-            lines += ["", f"### Ratios {ours} / peer (below 1: ours is quicker / smaller)", "",
-                      "| N | metric | " + " | ".join(f"{ours}/{p}" for p in peers) + " |",
-                      "|---:|---|" + "---:|" * len(peers)]
-            for n in cfg["watchers"]:
-                o = watch.get(ours, {}).get(str(n))
-                if o is None or "error" in o:
-                    continue
-                for metric, label in (("fanout_ms", "fan-out time"),
-                                      ("change_cpu_ms", "change CPU"),
-                                      ("rss_per_watcher_kib", "RSS/idle watcher"),
-                                      ("setup_s", "setup time")):
-                    cells = []
-                    for p in peers:
-                        pr = watch.get(p, {}).get(str(n))
-                        cells.append(_ratio(o[metric], pr[metric])
-                                     if pr and "error" not in pr else "—")
-                    lines.append(f"| {n:,} | {label} | " + " | ".join(cells) + " |")
+        lines += _ratio_tables(
+            kinds, lambda kind, n: _usable(watch.get(kind, {}).get(n)),
+            [(str(n), f"{n:,}") for n in cfg["watchers"]],
+            (("fanout_ms", "fan-out time"), ("change_cpu_ms", "change CPU"),
+             ("rss_per_watcher_kib", "RSS/idle watcher"), ("setup_s", "setup time")),
+            title=" (below 1: ours is quicker / smaller)", intro=[],
+            first_column=("N", "|---:|"))
     lines += ["", "## Notes", "",
               "- On this shared 2-core machine CPU/request moves by about ±10 % between full "
               "runs (cache and hyper-thread contention), req/s and latency by more; compare "
