@@ -43,7 +43,7 @@ import random
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec
 
 import trio
 
@@ -68,6 +68,8 @@ from .resolver import (
     ResolverLoop,
 )
 from .watch import Backoff, HealthReport, HealthWatcher
+
+_P = ParamSpec("_P")
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
@@ -559,50 +561,42 @@ class PoolChanges:
         return pool.healthy
 
 
-@asynccontextmanager
-async def open_pool(
-    target: str | Sequence[str],
-    *,
-    service: str = "",
-    on_change: Callable[[tuple[str, ...]], None] | None = None,
-    resolver: Resolver | None = None,
-    resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
-    min_resolve_interval: float | None = None,
-    resolve_timeout: float = DEFAULT_RESOLVE_TIMEOUT,
-    backoff: Backoff | None = None,
-    rng: random.Random | None = None,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    channel_options: Mapping[str, Any] | None = None,
-    open_channel_for: ChannelOpener | None = None,
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
-) -> AsyncIterator[HealthyPool]:
-    """Watch ``service`` on every backend of ``target``; yield the pool; stop on exit.
+def _running(make: Callable[_P, HealthyPool]
+             ) -> Callable[_P, AbstractAsyncContextManager[HealthyPool]]:
+    """An async context manager taking ``make``'s parameters: it runs the pool it builds."""
 
-    ``target`` is a list of addresses, or a name to resolve (``dns:///host:port``,
-    ``dns:host:port``, ``host:port``) with ``resolver`` (default: DNS, ``getaddrinfo``), again
-    every ``resolve_interval`` seconds and when no backend is healthy, at most once per
-    ``min_resolve_interval`` seconds (default 5, or ``resolve_interval`` if that is shorter).
-    ``channel_options`` are passed to ``wire.open_channel`` for every backend (after
-    ``connect_timeout``, and for a resolved name ``authority`` and ``server_hostname`` set to
-    the name). ``open_channel_for(address)`` replaces ``wire.open_channel`` altogether: it
-    returns an async context manager yielding a ``wire.Channel``; tests use it to connect
-    over memory streams.
-    """
-    pool = HealthyPool(
-        target, on_change, service=service, resolver=resolver, resolve_interval=resolve_interval,
-        min_resolve_interval=min_resolve_interval, resolve_timeout=resolve_timeout,
-        backoff=backoff, rng=rng, connect_timeout=connect_timeout,
-        channel_options=channel_options, open_channel_for=open_channel_for,
-        drain_timeout=drain_timeout)
-    error: Exception | None = None
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pool.serve)
-        try:
-            yield pool
-        except Exception as exc:
-            # Re-raised outside the nursery so callers see it rather than an ExceptionGroup.
-            error = exc
-        finally:
-            nursery.cancel_scope.cancel()
-    if error is not None:
-        raise error
+    @asynccontextmanager
+    async def open_pool(*args: _P.args, **kwargs: _P.kwargs) -> AsyncIterator[HealthyPool]:
+        """Watch ``service`` on every backend of ``target``; yield the pool; stop on exit.
+
+        The parameters are those of :class:`HealthyPool`.
+        ``target`` is a list of addresses, or a name to resolve (``dns:///host:port``,
+        ``dns:host:port``, ``host:port``) with ``resolver`` (default: DNS, ``getaddrinfo``), again
+        every ``resolve_interval`` seconds and when no backend is healthy, at most once per
+        ``min_resolve_interval`` seconds (default 5, or ``resolve_interval`` if that is shorter).
+        ``channel_options`` are passed to ``wire.open_channel`` for every backend (after
+        ``connect_timeout``, and for a resolved name ``authority`` and ``server_hostname`` set to
+        the name). ``open_channel_for(address)`` replaces ``wire.open_channel`` altogether: it
+        returns an async context manager yielding a ``wire.Channel``; tests use it to connect
+        over memory streams.
+        """
+        pool = make(*args, **kwargs)
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.serve)
+            try:
+                yield pool
+            except Exception as exc:
+                # Re-raised outside the nursery so callers see it rather than an ExceptionGroup.
+                error = exc
+            finally:
+                nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
+
+    return open_pool
+
+
+#: ``open_pool(target, on_change=None, *, service="", ...)``: the parameters are those of
+#: :class:`HealthyPool`, written once there.
+open_pool = _running(HealthyPool)
