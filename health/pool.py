@@ -40,10 +40,10 @@ import inspect
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, TypeVar
 
 import trio
 
@@ -70,6 +70,7 @@ from .resolver import (
 from .watch import Backoff, HealthReport, HealthWatcher
 
 _P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
@@ -382,18 +383,24 @@ class HealthyPool:
     ) -> UnaryResponse:
         """Make a unary call on a healthy backend; retry once elsewhere if it was unprocessed."""
         deadline = _deadline(timeout)
+        return await self._retrying_once(path, lambda backend: self._unary_on(
+            backend, path, request, deadline, metadata, compression))
+
+    async def _retrying_once(self, path: str, attempt: Callable[[_Backend], Awaitable[_T]]
+                             ) -> _T:
+        """``attempt`` on a healthy backend, then once on another if the server never saw it."""
         backend = self._choose()
         if backend is None:
             raise self._unavailable()
         try:
-            return await self._unary_on(backend, path, request, deadline, metadata, compression)
+            return await attempt(backend)
         except RpcError as exc:
             retry = self._choose(avoid=backend.address) if unprocessed(exc) else None
             if retry is None:
                 raise
             logger.debug("%s on %s was not processed (%s): retrying on %s", path,
                          backend.address, exc, retry.address)
-        return await self._unary_on(retry, path, request, deadline, metadata, compression)
+        return await attempt(retry)
 
     async def _unary_on(self, backend: _Backend, path: str, request: bytes, deadline: float,
                         metadata: MetadataLike, compression: str | None) -> UnaryResponse:
@@ -422,19 +429,8 @@ class HealthyPool:
         server never processed can be retried once on another healthy backend.
         """
         deadline = _deadline(timeout)
-        backend = self._choose()
-        if backend is None:
-            raise self._unavailable()
-        args = (path, request, deadline, metadata, compression)
-        try:
-            stack, stream = await self._stream_on(backend, *args)
-        except RpcError as exc:
-            retry = self._choose(avoid=backend.address) if unprocessed(exc) else None
-            if retry is None:
-                raise
-            logger.debug("%s on %s was not processed (%s): retrying on %s", path,
-                         backend.address, exc, retry.address)
-            stack, stream = await self._stream_on(retry, *args)
+        stack, stream = await self._retrying_once(path, lambda backend: self._stream_on(
+            backend, path, request, deadline, metadata, compression))
         async with stack:
             yield stream
 
