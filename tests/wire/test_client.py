@@ -171,6 +171,20 @@ def start(pair: Pair, path: str = "/pkg.Svc/M", request: bytes = b"req", **kw: A
     return sid
 
 
+def started(client: ClientConnection | None = None) -> tuple[RawServer, Pair, int]:
+    """A bare server, a client wired to it, and one call the client started."""
+    server = RawServer()
+    pair = Pair(server, client)
+    return server, pair, start(pair)
+
+
+def assert_ended(pair: Pair, sid: int, code: StatusCode, fragment: str) -> None:
+    """The call ended once, with ``code`` and a message containing ``fragment``."""
+    end = pair.ended(sid)
+    assert end.code is code
+    assert fragment in end.message, end.message
+
+
 # ---------------------------------------------------------------------- sans-I/O: requests
 
 
@@ -205,9 +219,7 @@ def test_request_headers_reserved_first_then_metadata() -> None:
 
 
 def test_no_grpc_timeout_without_deadline() -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, _, sid = started()
     assert b"grpc-timeout" not in dict(server.requests[sid])
     assert b"grpc-encoding" not in dict(server.requests[sid])
 
@@ -258,9 +270,7 @@ def test_request_larger_than_server_window_waits_for_window_update() -> None:
 
 
 def test_full_response_headers_messages_trailers() -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     server.headers(sid, extra=[(b"x-initial", b"a")])
     server.data_frame(sid, frame(b"one") + frame(b"two"))
     server.trailers(sid, [(b"grpc-status", b"0"), (b"x-trail", b"b")])
@@ -279,9 +289,7 @@ def test_full_response_headers_messages_trailers() -> None:
 
 
 def test_trailers_only_response() -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     server.headers(sid, extra=[(b"grpc-status", b"5"), (b"grpc-message", b"unknown service"),
                                (b"x-md", b"v")], end=True)
     pair.pump()
@@ -295,9 +303,7 @@ def test_trailers_only_response() -> None:
 
 
 def test_grpc_message_is_decoded_leniently() -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     server.headers(sid, extra=[(b"grpc-status", b"13"),
                                (b"grpc-message", b"%E2%9C%93 bad %ZZ 100%")], end=True)
     pair.pump()
@@ -305,9 +311,7 @@ def test_grpc_message_is_decoded_leniently() -> None:
 
 
 def test_status_details_bin_is_kept() -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     server.headers(sid, extra=[(b"grpc-status", b"9"),
                                (b"grpc-status-details-bin", b"CAkSBG5vcGU")], end=True)
     pair.pump()
@@ -324,21 +328,15 @@ def test_status_details_bin_is_kept() -> None:
     (b"504", StatusCode.UNAVAILABLE), (b"500", StatusCode.UNKNOWN),
 ])
 def test_status_from_http_when_not_200(http: bytes, code: StatusCode) -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     # Even a grpc-status present on a non-200 answer is ignored: HTTP decides.
     server.headers(sid, http, [(b"grpc-status", b"0")], content_type=b"text/html", end=True)
     pair.pump()
-    end = pair.ended(sid)
-    assert end.code is code
-    assert http.decode() in end.message
+    assert_ended(pair, sid, code, http.decode())
 
 
 def test_non_200_headers_with_body_end_call_and_reset() -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     server.headers(sid, b"503", content_type=b"text/plain")
     pair.pump()
     assert pair.ended(sid).code is StatusCode.UNAVAILABLE
@@ -346,20 +344,14 @@ def test_non_200_headers_with_body_end_call_and_reset() -> None:
 
 
 def test_non_grpc_content_type_is_unknown() -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     server.headers(sid, content_type=b"text/html", extra=[(b"grpc-status", b"0")], end=True)
     pair.pump()
-    end = pair.ended(sid)
-    assert end.code is StatusCode.UNKNOWN
-    assert "content-type" in end.message
+    assert_ended(pair, sid, StatusCode.UNKNOWN, "content-type")
 
 
 def test_missing_grpc_status_in_trailers_is_from_http() -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     server.headers(sid)
     server.trailers(sid, [(b"x-other", b"1")])
     pair.pump()
@@ -371,14 +363,10 @@ def test_missing_grpc_status_in_trailers_is_from_http() -> None:
     (b"abc", StatusCode.INTERNAL, "malformed grpc-status"),
 ])
 def test_odd_grpc_status_values(raw: bytes, code: StatusCode, fragment: str) -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     server.headers(sid, extra=[(b"grpc-status", raw), (b"grpc-message", b"m")], end=True)
     pair.pump()
-    end = pair.ended(sid)
-    assert end.code is code
-    assert fragment in end.message
+    assert_ended(pair, sid, code, fragment)
 
 
 @pytest.mark.parametrize(("rst", "code"), [
@@ -389,9 +377,7 @@ def test_odd_grpc_status_values(raw: bytes, code: StatusCode, fragment: str) -> 
     (ErrorCode.NO_ERROR, StatusCode.INTERNAL),
 ])
 def test_rst_stream_mapping(rst: int, code: StatusCode) -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     server.h2.reset_stream(sid, rst)
     pair.pump()
     end = pair.ended(sid)
@@ -412,34 +398,24 @@ def test_rst_no_error_after_trailers_is_not_a_second_end() -> None:
 
 
 def test_data_end_stream_without_trailers_is_internal() -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     server.headers(sid)
     server.data_frame(sid, frame(b"x"), end=True)
     pair.pump()
-    end = pair.ended(sid)
-    assert end.code is StatusCode.INTERNAL
-    assert "without sending trailers" in end.message
+    assert_ended(pair, sid, StatusCode.INTERNAL, "without sending trailers")
 
 
 def test_trailers_inside_a_message_is_internal() -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     server.headers(sid)
     server.data_frame(sid, frame(b"abcdef")[:7])
     server.trailers(sid, [(b"grpc-status", b"0")])
     pair.pump()
-    end = pair.ended(sid)
-    assert end.code is StatusCode.INTERNAL
-    assert "inside a message" in end.message
+    assert_ended(pair, sid, StatusCode.INTERNAL, "inside a message")
 
 
 def test_messages_split_byte_by_byte_are_reassembled() -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     server.headers(sid)
     wire_bytes = frame(b"hello") + frame(b"") + frame(b"world!")
     for i in range(len(wire_bytes)):
@@ -452,11 +428,9 @@ def test_messages_split_byte_by_byte_are_reassembled() -> None:
 
 
 def test_flow_control_window_reopens_only_when_messages_are_consumed() -> None:
-    server = RawServer()
     client = ClientConnection(ClientConfig(initial_window_size=1000,
                                            connection_window_increment=0))
-    pair = Pair(server, client)
-    sid = start(pair)
+    server, pair, sid = started(client)
     server.headers(sid)
     server.data_frame(sid, frame(b"a" * 495) + frame(b"b" * 495))  # the whole 1000-byte window
     pair.pump()
@@ -471,11 +445,9 @@ def test_flow_control_window_reopens_only_when_messages_are_consumed() -> None:
 
 
 def test_message_larger_than_window_still_arrives() -> None:
-    server = RawServer()
     client = ClientConnection(ClientConfig(initial_window_size=1000,
                                            connection_window_increment=0))
-    pair = Pair(server, client)
-    sid = start(pair)
+    server, pair, sid = started(client)
     server.headers(sid)
     big = frame(bytes(5000))
     sent = 0
@@ -492,10 +464,8 @@ def test_message_larger_than_window_still_arrives() -> None:
 
 
 def test_oversized_response_message_is_resource_exhausted() -> None:
-    server = RawServer()
     client = ClientConnection(ClientConfig(max_receive_message_size=10))
-    pair = Pair(server, client)
-    sid = start(pair)
+    server, pair, sid = started(client)
     server.headers(sid)
     server.data_frame(sid, frame(b"x" * 11))
     pair.pump()
@@ -505,9 +475,7 @@ def test_oversized_response_message_is_resource_exhausted() -> None:
 
 
 def test_gzip_response_is_decompressed() -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     server.headers(sid, extra=[(b"grpc-encoding", b"gzip")])
     server.data_frame(sid, frame(gzip.compress(b"zipped"), compressed=True))
     server.trailers(sid, [(b"grpc-status", b"0")])
@@ -516,9 +484,7 @@ def test_gzip_response_is_decompressed() -> None:
 
 
 def test_compressed_flag_without_encoding_is_internal() -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     server.headers(sid)
     server.data_frame(sid, frame(gzip.compress(b"zipped"), compressed=True))
     pair.pump()
@@ -526,20 +492,14 @@ def test_compressed_flag_without_encoding_is_internal() -> None:
 
 
 def test_unsupported_response_encoding_is_internal() -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     server.headers(sid, extra=[(b"grpc-encoding", b"snappy")])
     pair.pump()
-    end = pair.ended(sid)
-    assert end.code is StatusCode.INTERNAL
-    assert "snappy" in end.message
+    assert_ended(pair, sid, StatusCode.INTERNAL, "snappy")
 
 
 def test_cancel_sends_rst_stream_cancel_and_reports_nothing() -> None:
-    server = RawServer()
-    pair = Pair(server)
-    sid = start(pair)
+    server, pair, sid = started()
     assert pair.client.cancel(sid)
     assert not pair.client.cancel(sid)
     pair.pump()
