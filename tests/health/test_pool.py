@@ -19,6 +19,7 @@ from health.pool import HealthyPool, NoHealthyBackendError, open_pool, unprocess
 from health.resolver import format_address, resolve_dns
 from health.service import HealthServer, serve_health
 from health.status import ServingStatus
+from tests.rpc_errors import record_rpc_error
 from wire import (
     Channel,
     ConnectError,
@@ -438,14 +439,7 @@ async def test_drain_is_bounded_by_drain_timeout(
             await settle(pool, ("a:1",))
             channel_a = pool.channel("a:1")
             errors: list[RpcError] = []
-
-            async def stuck_call() -> None:
-                try:
-                    await pool.unary_unary(SLOW, b"")
-                except RpcError as exc:
-                    errors.append(exc)
-
-            nursery.start_soon(stuck_call)
+            nursery.start_soon(record_rpc_error, lambda: pool.unary_unary(SLOW, b""), errors)
             answers.answer = ["b:1"]
             with caplog.at_level(logging.WARNING, logger="health.pool"):
                 await settle_members(pool, ("b:1",))

@@ -29,6 +29,7 @@ import trio.testing
 from hyperframe.frame import GoAwayFrame
 
 import wire
+from tests.rpc_errors import record_rpc_error
 from wire import (
     ConnectError,
     Metadata,
@@ -1009,14 +1010,7 @@ async def test_lost_connection_fails_calls_unavailable_and_reconnects(
     async with memory_channel(svc) as (channel, net):
         async with trio.open_nursery() as nursery:
             errors: list[RpcError] = []
-
-            async def blocked() -> None:
-                try:
-                    await channel.unary_unary(BLOCK, b"")
-                except RpcError as exc:
-                    errors.append(exc)
-
-            nursery.start_soon(blocked)
+            nursery.start_soon(record_rpc_error, lambda: channel.unary_unary(BLOCK, b""), errors)
             await svc.started.wait()
             await trio.aclose_forcefully(net.server_streams[0])
         assert errors[0].code is StatusCode.UNAVAILABLE
