@@ -7,65 +7,29 @@ one process and agree with it byte for byte, on both protobuf backends.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.generated_code import (
+    REPO_ROOT,
+    assert_committed_files_are_fresh,
+    coexist_script,
+    generator,
+    run_coexist_script,
+    skip_unless_protoc_matches,
+)
+
 GENERATED = ("_health_pb2.py", "_health_pb2.pyi")
 
 
-def _load_generator() -> ModuleType:
-    # proto/ is deliberately not a package, so load the script by path.
-    spec = importlib.util.spec_from_file_location(
-        "_health_proto_generate", REPO_ROOT / "proto" / "generate.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-generator = _load_generator()
-
-
-def _protoc_skip_reason() -> str | None:
-    """Why the regeneration test cannot run here, or None when it can."""
-    if shutil.which("protoc") is None:
-        return "protoc is not on PATH; cannot regenerate health/_health_pb2.py to compare"
-    version = generator.protoc_version("protoc")
-    if not version.startswith(generator.PROTOC_SERIES):
-        return (
-            f"protoc {version} is on PATH but the checked-in files come from "
-            f"protoc {generator.PROTOC_SERIES}x, whose output the script expects"
-        )
-    return None
-
-
 def test_generated_files_are_up_to_date(tmp_path: Path) -> None:
-    reason = _protoc_skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    written = generator.generate(tmp_path)
-    assert sorted(path.name for path in written) == sorted(GENERATED)
-    for name in GENERATED:
-        fresh = (tmp_path / name).read_bytes()
-        committed = (REPO_ROOT / "health" / name).read_bytes()
-        assert fresh == committed, f"health/{name} is stale; run python proto/generate.py"
-    assert generator.stale_files(REPO_ROOT / "health") == []
+    skip_unless_protoc_matches("health/_health_pb2.py")
+    assert_committed_files_are_fresh(tmp_path, "health", "health", GENERATED)
 
 
 def test_check_flag_reports_stale_file(tmp_path: Path) -> None:
-    reason = _protoc_skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    skip_unless_protoc_matches("health/_health_pb2.py")
     generator.generate(tmp_path)
     assert generator.main(["--check", "--out-dir", str(tmp_path)]) == 0
     (tmp_path / "_health_pb2.pyi").write_text("# edited by hand\n", encoding="utf-8")
@@ -90,29 +54,11 @@ def test_generated_module_uses_private_pool_and_our_name() -> None:
     assert not (REPO_ROOT / "proto" / "__init__.py").exists()
 
 
-# Runs in a fresh interpreter so each import order really is the first import.
-# argv: order ("ours-first" or "theirs-first"), expected backend or "any".
-_INTEROP_SCRIPT = r"""
-import sys
-import warnings
-
-warnings.simplefilter("error")
-order, expected_backend = sys.argv[1], sys.argv[2]
-if order == "ours-first":
-    import health._health_pb2 as ours
-    from grpc_health.v1 import health_pb2 as theirs
-else:
-    from grpc_health.v1 import health_pb2 as theirs
-    import health._health_pb2 as ours
-
-from google.protobuf import descriptor_pool
-from google.protobuf.internal import api_implementation
-
-backend = api_implementation.Type()
-assert expected_backend in ("any", backend), (expected_backend, backend)
-
+_INTEROP_SCRIPT = coexist_script(
+    "import health._health_pb2 as ours",
+    "from grpc_health.v1 import health_pb2 as theirs",
+    r"""
 # Ours must stay out of the default pool; grpcio's must still own the names.
-default_pool = descriptor_pool.Default()
 found = default_pool.FindMessageTypeByName("grpc.health.v1.HealthCheckRequest")
 assert found.file.name == "grpc_health/v1/health.proto", found.file.name
 try:
@@ -188,31 +134,12 @@ parsed = ours.HealthListResponse.FromString(reordered.SerializeToString())
 assert {k: v.status for k, v in parsed.statuses.items()} == statuses
 
 print(f"ok {backend} {checked}")
-"""
+""")
 
 
 @pytest.mark.parametrize("order", ["ours-first", "theirs-first"])
 @pytest.mark.parametrize("backend", ["default", "python"])
 def test_coexists_and_interoperates_with_grpcio(order: str, backend: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"}
-    existing = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), existing]))
-    expected = "any"
-    if backend == "python":
-        env["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
-        expected = "python"
-    result = subprocess.run(
-        [sys.executable, "-X", "dev", "-c", _INTEROP_SCRIPT, order, expected],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("ok "), result.stdout
+    words = run_coexist_script(_INTEROP_SCRIPT, order, backend)
     # 4 statuses + 4 requests + the list parsed by both modules.
-    assert result.stdout.split()[2] == "10"
-    if backend == "python":
-        assert result.stdout.split()[1] == "python"
+    assert words[2] == "10"

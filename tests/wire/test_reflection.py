@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -28,6 +23,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from health import _health_pb2
+from tests.generated_code import (
+    REPO_ROOT,
+    assert_committed_files_are_fresh,
+    coexist_script,
+    generator,
+    run_coexist_script,
+    skip_unless_protoc_matches,
+)
 from wire import RpcError, StatusCode
 from wire._reflection_pb2 import v1, v1alpha
 from wire.reflection import (
@@ -41,7 +44,6 @@ from wire.reflection import (
     serve_reflection_stream,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: grpcio-reflection (test extra) is the independent oracle of several tests.
 needs_grpcio_reflection = pytest.mark.skipif(
     importlib.util.find_spec("grpc_reflection") is None,
@@ -720,29 +722,11 @@ def test_reflection_modules_never_import_trio_or_health() -> None:
         assert not {m for m in imported if m.split(".")[0] in ("trio", "health", "grpc")}, name
 
 
-# Runs in a fresh interpreter so each import order really is the first import.
-_COEXIST_SCRIPT = r"""
-import sys
-import warnings
-
-warnings.simplefilter("error")
-order, expected_backend = sys.argv[1], sys.argv[2]
-if order == "ours-first":
-    from wire import _reflection_pb2 as ours
-    from grpc_reflection.v1alpha import reflection_pb2 as theirs
-    from grpc_reflection.v1alpha import reflection as theirs_service
-else:
-    from grpc_reflection.v1alpha import reflection_pb2 as theirs
-    from grpc_reflection.v1alpha import reflection as theirs_service
-    from wire import _reflection_pb2 as ours
-
-from google.protobuf import descriptor_pool
-from google.protobuf.internal import api_implementation
-
-backend = api_implementation.Type()
-assert expected_backend in ("any", backend), (expected_backend, backend)
-
-default_pool = descriptor_pool.Default()
+_COEXIST_SCRIPT = coexist_script(
+    "from wire import _reflection_pb2 as ours",
+    "from grpc_reflection.v1alpha import reflection_pb2 as theirs\n"
+    "from grpc_reflection.v1alpha import reflection as theirs_service",
+    r"""
 found = default_pool.FindMessageTypeByName("grpc.reflection.v1alpha.ServerReflectionRequest")
 assert found.file.name == "grpc_reflection/v1alpha/reflection.proto", found.file.name
 for name in ("grpc/reflection/v1/reflection.proto", "grpc/reflection/v1alpha/reflection.proto"):
@@ -791,79 +775,33 @@ response = theirs.ServerReflectionResponse.FromString(stream.handle(request.Seri
 assert len(response.file_descriptor_response.file_descriptor_proto) == 1
 checked += 1
 print(f"ok {backend} {checked}")
-"""
+""")
 
 
 @needs_grpcio_reflection
 @pytest.mark.parametrize("order", ["ours-first", "theirs-first"])
 @pytest.mark.parametrize("backend", ["default", "python"])
 def test_coexists_with_grpcio_reflection(order: str, backend: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"}
-    existing = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), existing]))
-    expected = "any"
-    if backend == "python":
-        env["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
-        expected = "python"
-    result = subprocess.run(
-        [sys.executable, "-X", "dev", "-c", _COEXIST_SCRIPT, order, expected],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["ok", result.stdout.split()[1], "6"], result.stdout
-    if backend == "python":
-        assert result.stdout.split()[1] == "python"
+    words = run_coexist_script(_COEXIST_SCRIPT, order, backend)
+    assert words == ["ok", words[1], "6"], words
 
 
 # --- regeneration ------------------------------------------------------------------------
 
 
-def _load_generator() -> ModuleType:
-    # proto/ is deliberately not a package, so load the script by path.
-    spec = importlib.util.spec_from_file_location(
-        "_reflection_proto_generate", REPO_ROOT / "proto" / "generate.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-generator = _load_generator()
 GENERATED = ("_reflection_pb2.py", "_reflection_pb2.pyi")
 
 
-def _protoc_skip_reason() -> str | None:
-    if shutil.which("protoc") is None:
-        return "protoc is not on PATH; cannot regenerate wire/_reflection_pb2.py to compare"
-    version = generator.protoc_version("protoc")
-    if not version.startswith(generator.PROTOC_SERIES):
-        return (f"protoc {version} is on PATH but the checked-in files come from "
-                f"protoc {generator.PROTOC_SERIES}x, whose output the script expects")
-    return None
-
-
 def test_generated_reflection_files_are_up_to_date(tmp_path: Path) -> None:
-    reason = _protoc_skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    written = generator.generate(tmp_path, target="reflection")
-    assert sorted(path.name for path in written) == sorted(GENERATED)
-    for name in GENERATED:
-        fresh = (tmp_path / name).read_bytes()
-        committed = (REPO_ROOT / "wire" / name).read_bytes()
-        assert fresh == committed, f"wire/{name} is stale; run python proto/generate.py"
-    assert generator.stale_files(REPO_ROOT / "wire", target="reflection") == []
+    skip_unless_protoc_matches("wire/_reflection_pb2.py")
+    assert_committed_files_are_fresh(tmp_path, "reflection", "wire", GENERATED)
     assert generator.main(["--check"]) == 0
 
 
 def test_check_flag_reports_stale_reflection_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    reason = _protoc_skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    skip_unless_protoc_matches("wire/_reflection_pb2.py")
     generator.generate(tmp_path, target="reflection")
     args = ["--check", "--target", "reflection", "--out-dir", str(tmp_path)]
     assert generator.main(args) == 0
