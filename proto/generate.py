@@ -58,6 +58,21 @@ _HEADER = (
     "# Rerun `python proto/generate.py` after changing the .proto or the script.\n"
 )
 
+# The nested function both generated modules use to build a message class (and its
+# nested ones) from a descriptor; @MODULE_EXPR@ is the expression naming the module.
+_BUILD_MESSAGE_CLASS = '''\
+  def build(msg_des, prefix):
+    attrs = {
+        name: build(nested, prefix + msg_des.name + '.')
+        for name, nested in msg_des.nested_types_by_name.items()
+    }
+    attrs['DESCRIPTOR'] = msg_des
+    attrs['__module__'] = @MODULE_EXPR@
+    attrs['__qualname__'] = prefix + msg_des.name
+    return _reflection.GeneratedProtocolMessageType(
+        msg_des.name, (_message.Message,), attrs)
+'''
+
 # Replaces protoc's call to builder.BuildTopDescriptorsAndMessages. That
 # helper registers every class in protobuf's default symbol database, and with
 # the pure-Python backend the database copies each descriptor into the default
@@ -70,16 +85,7 @@ _BUILD_TOP_LEVEL = '''\
 
 
 def _build_top_level(file_des, module_name, module):
-  def build(msg_des, prefix):
-    attrs = {
-        name: build(nested, prefix + msg_des.name + '.')
-        for name, nested in msg_des.nested_types_by_name.items()
-    }
-    attrs['DESCRIPTOR'] = msg_des
-    attrs['__module__'] = module_name
-    attrs['__qualname__'] = prefix + msg_des.name
-    return _reflection.GeneratedProtocolMessageType(
-        msg_des.name, (_message.Message,), attrs)
+''' + _BUILD_MESSAGE_CLASS.replace("@MODULE_EXPR@", "module_name") + '''\
   for name, service in file_des.services_by_name.items():
     module['_' + name.upper()] = service
   for name, msg_des in file_des.message_types_by_name.items():
@@ -223,16 +229,7 @@ _POOL = _descriptor_pool.DescriptorPool()
 def _publish(file_des, namespace, descriptors):
   # protoc's BuildTopDescriptorsAndMessages would register the classes in the
   # default symbol database; build them here without that registration.
-  def build(msg_des, prefix):
-    attrs = {
-        name: build(nested, prefix + msg_des.name + '.')
-        for name, nested in msg_des.nested_types_by_name.items()
-    }
-    attrs['DESCRIPTOR'] = msg_des
-    attrs['__module__'] = @MODULE@
-    attrs['__qualname__'] = prefix + msg_des.name
-    return _reflection.GeneratedProtocolMessageType(
-        msg_des.name, (_message.Message,), attrs)
+''' + _BUILD_MESSAGE_CLASS.replace("@MODULE_EXPR@", "@MODULE@") + '''\
   for name, service in file_des.services_by_name.items():
     descriptors['_' + name.upper()] = service
   for name, msg_des in file_des.message_types_by_name.items():
