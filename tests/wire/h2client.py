@@ -147,6 +147,14 @@ class StreamRecord:
         self.changed = trio.Event()
 
 
+async def receive_or_eof(stream: trio.abc.ReceiveStream) -> bytes:
+    """The next bytes from ``stream``; ``b""`` once it has ended, broken or been closed."""
+    try:
+        return await stream.receive_some(65536)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return b""
+
+
 class _AnySettings(h2.settings.Settings):
     """Remote settings that never stop us from opening another stream (to test refusal)."""
 
@@ -334,10 +342,7 @@ class H2Client:
 
     async def _read_loop(self) -> None:
         while True:
-            try:
-                data = await self.stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+            data = await receive_or_eof(self.stream)
             if not data:
                 self._lost()
                 return

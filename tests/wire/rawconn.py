@@ -33,7 +33,13 @@ from hyperframe.frame import (
 
 from wire import Server
 
-from .h2client import HeaderBlock, StreamRecord, grpc_frame, grpc_request_headers
+from .h2client import (
+    HeaderBlock,
+    StreamRecord,
+    grpc_frame,
+    grpc_request_headers,
+    receive_or_eof,
+)
 from .service import ECHO
 
 __all__ = [
@@ -246,10 +252,7 @@ class RawConn:
 
     async def read_loop(self) -> None:
         while True:
-            try:
-                data = await self.stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+            data = await receive_or_eof(self.stream)
             if not data:
                 self.eof.set()
                 for rec in self.streams.values():
