@@ -157,6 +157,13 @@ async def bystander(server: Server, *, interval: float = 0.05,
     assert b.ok >= 3  # before, at least once during, after
 
 
+async def send_until_closed(raw: RawConn, b: Bystander, *frames: bytes) -> None:
+    """Send ``frames``; the server closes ``raw`` and goes on serving the bystander."""
+    await raw.send(*frames)
+    await raw.wait_eof()
+    await b.check()
+
+
 def make_server(service: WireService | None = None, *, http2: str,
                 extra: Sequence[Any] = (), config: ServerConfig | None = None,
                 options: ServerOptions | None = None) -> Server:
@@ -232,9 +239,7 @@ async def test_rapid_reset_goaway_and_handlers_bounded(http2: str) -> None:
         for _ in range(50):
             s = raw.new_sid()
             burst += [request_frames(s, hold.PATH), rst_frame(s)]
-        await raw.send(*burst)
-        await raw.wait_eof()
-        await b.check()
+        await send_until_closed(raw, b, *burst)
     # The 201st reset in the window ends the connection.
     assert raw.goaway.error_code == ENHANCE_YOUR_CALM
     assert raw.goaway.debug == b"too many stream resets"
@@ -339,9 +344,7 @@ async def test_continuation_flood_of_empty_frames_is_protocol_error(http2: str) 
         sid = raw.new_sid()
         flood = [headers_frame(sid, hpack_block(grpc_request_headers(ECHO)), end_headers=False)]
         flood += [continuation_frame(sid, b"")] * 10_000
-        await raw.send(*flood)
-        await raw.wait_eof()
-        await b.check()
+        await send_until_closed(raw, b, *flood)
     # h2 allows 64 CONTINUATION frames per block.
     assert raw.goaway.error_code == PROTOCOL_ERROR
     assert not raw.record(sid).blocks
@@ -382,9 +385,7 @@ async def test_hpack_table_size_update_above_our_setting_is_compression_error(ht
     async with bystander(server) as b, open_raw(server) as raw:
         sid = raw.new_sid()
         block = table_size_update(8192) + hpack_block(grpc_request_headers(ECHO))
-        await raw.send(headers_frame(sid, block, end_stream=True))
-        await raw.wait_eof()
-        await b.check()
+        await send_until_closed(raw, b, headers_frame(sid, block, end_stream=True))
     assert raw.goaway.error_code == COMPRESSION_ERROR
     assert not raw.record(sid).blocks
 
@@ -416,9 +417,7 @@ async def test_hpack_bomb_decoded_size_is_bounded(http2: str) -> None:
         frames = [headers_frame(sid, pieces[0], end_stream=True, end_headers=len(pieces) == 1)]
         frames += [continuation_frame(sid, p, end_headers=i == len(pieces) - 1)
                    for i, p in enumerate(pieces[1:], 1)]
-        await raw.send(*frames)
-        await raw.wait_eof()
-        await b.check()
+        await send_until_closed(raw, b, *frames)
     assert raw.goaway.error_code == ENHANCE_YOUR_CALM
     assert not raw.record(sid).blocks
 
@@ -468,9 +467,7 @@ async def test_ping_flood_too_many_pings(http2: str) -> None:
         # the same GOAWAY.
         async with open_raw(server) as raw:
             before_out, before_in = raw.bytes_out, raw.bytes_in
-            await raw.send(*(ping_frame(b"%08d" % i) for i in range(1000)))
-            await raw.wait_eof()
-            await b.check()
+            await send_until_closed(raw, b, *(ping_frame(b"%08d" % i) for i in range(1000)))
         assert raw.goaway == GoAway(ENHANCE_YOUR_CALM, 0, b"too_many_pings")
         assert isinstance(raw.frames[-1], GoAwayFrame)
         assert raw.bytes_in - before_in <= raw.bytes_out - before_out + 100
@@ -504,17 +501,13 @@ async def test_settings_flood(http2: str) -> None:
             await raw.wait_until(lambda: _settings_acks(raw) == limit)
             await trio.testing.wait_all_tasks_blocked()
             assert not raw.goaways
-            await raw.send(settings_frame({0x4: 65535}))
-            await raw.wait_eof()
-            await b.check()
+            await send_until_closed(raw, b, settings_frame({0x4: 65535}))
         assert raw.goaway == GoAway(ENHANCE_YOUR_CALM, 0, b"too many SETTINGS frames")
         assert isinstance(raw.frames[-1], GoAwayFrame)
         # A thousand in one write: at most one ACK each (no amplification), then the GOAWAY.
         async with open_raw(server) as raw:
             before_out, before_in = raw.bytes_out, raw.bytes_in
-            await raw.send(*(settings_frame({0x4: 65535}) for _ in range(1000)))
-            await raw.wait_eof()
-            await b.check()
+            await send_until_closed(raw, b, *(settings_frame({0x4: 65535}) for _ in range(1000)))
         assert raw.goaway == GoAway(ENHANCE_YOUR_CALM, 0, b"too many SETTINGS frames")
         assert isinstance(raw.frames[-1], GoAwayFrame)
         assert _settings_acks(raw) <= 1001
@@ -538,9 +531,7 @@ async def test_empty_data_flood(http2: str) -> None:
         assert not raw.goaways and not raw.record(sid).closed.is_set()
         quiet = raw.bytes_in
         # ... one more is not.
-        await raw.send(*([data_frame(sid)] * 100))
-        await raw.wait_eof()
-        await b.check()
+        await send_until_closed(raw, b, *([data_frame(sid)] * 100))
     assert raw.goaway == GoAway(ENHANCE_YOUR_CALM, sid, b"too many empty DATA frames")
     assert quiet < 200  # SETTINGS, WINDOW_UPDATE, SETTINGS ACK: no per-frame answer
 
@@ -582,9 +573,7 @@ async def test_window_update_flood_then_overflow(http2: str) -> None:
             await service.cancelled.wait()
         assert not raw.goaways
         # The connection window past 2^31-1: connection error FLOW_CONTROL_ERROR.
-        await raw.send(window_update_frame(0, MAX_WINDOW))
-        await raw.wait_eof()
-        await b.check()
+        await send_until_closed(raw, b, window_update_frame(0, MAX_WINDOW))
     assert raw.goaway.error_code == FLOW_CONTROL_ERROR
 
 
@@ -794,9 +783,7 @@ async def test_partial_preface_then_silence_times_out(
 async def test_garbage_instead_of_preface(garbage: bytes, http2: str) -> None:
     server = make_server(http2=http2)
     async with bystander(server) as b, open_raw(server, handshake=False) as raw:
-        await raw.send(garbage)
-        await raw.wait_eof()
-        await b.check()
+        await send_until_closed(raw, b, garbage)
     # RFC 9113 3.4: a connection error; the GOAWAY (which the RFC makes optional here) says why.
     assert raw.goaway.error_code == PROTOCOL_ERROR
     assert b"preamble" in raw.goaway.debug
@@ -948,9 +935,7 @@ async def test_jump_to_max_stream_id_then_lower_id_is_protocol_error(http2: str)
         top = await raw.wait_closed(MAX_STREAM_ID)
         assert_ok(top, [b"max"])
         await b.check()
-        await raw.send(request_frames(3, ECHO, b"lower"))
-        await raw.wait_eof()
-        await b.check()
+        await send_until_closed(raw, b, request_frames(3, ECHO, b"lower"))
     assert raw.goaway.error_code == PROTOCOL_ERROR
     assert raw.goaway.last_stream_id == MAX_STREAM_ID
     assert not raw.record(3).blocks
@@ -963,9 +948,7 @@ async def test_reuse_of_a_closed_stream_id_is_a_connection_error(http2: str) -> 
         first = await raw.wait_closed(1)
         await raw.send(request_frames(3, ECHO, b"second"))
         await raw.wait_closed(3)
-        await raw.send(request_frames(1, ECHO, b"again"))
-        await raw.wait_eof()
-        await b.check()
+        await send_until_closed(raw, b, request_frames(1, ECHO, b"again"))
     assert_ok(first, [b"first"])
     # RFC 9113 5.1: frames after END_STREAM both ways are a connection error STREAM_CLOSED.
     assert raw.goaway.error_code == STREAM_CLOSED
@@ -978,9 +961,7 @@ async def test_reuse_of_an_id_never_opened_below_the_highest_is_protocol_error(h
     async with bystander(server) as b, open_raw(server) as raw:
         await raw.send(request_frames(5, ECHO, b"five"))
         await raw.wait_closed(5)
-        await raw.send(request_frames(3, ECHO, b"three"))
-        await raw.wait_eof()
-        await b.check()
+        await send_until_closed(raw, b, request_frames(3, ECHO, b"three"))
     assert raw.goaway.error_code == PROTOCOL_ERROR
 
 
@@ -1122,9 +1103,7 @@ async def test_attack_over_loopback_tcp_bystander_unaffected(http2: str) -> None
                 for _ in range(300):
                     s = raw.new_sid()
                     frames += [request_frames(s, SLEEP), rst_frame(s)]
-                await raw.send(*frames)
-                await raw.wait_eof()
-                await b.check()
+                await send_until_closed(raw, b, *frames)
             await stream.aclose()
         assert raw.goaway.error_code == ENHANCE_YOUR_CALM
         with trio.fail_after(BOUND):
