@@ -14,8 +14,8 @@ import trio.testing
 from wire import ConnectionStats, Server, ServerCall, ServerOptions, StatusCode, unary_unary
 
 from .h2client import grpc_frame, grpc_request_headers, open_memory_client
-from .service import BLOCK, ECHO, FAIL, SLEEP, STREAM_FOREVER, WireService
-from .test_server_raw import BOUND, assert_ok, unary
+from .service import ECHO, FAIL, SLEEP, STREAM_FOREVER, WireService
+from .test_server_raw import BOUND, assert_ok, held_call, unary
 
 SECRET = "Bearer s3cr3t-t0ken"
 PAYLOAD = b"payload-bytes-7d1f"
@@ -121,9 +121,7 @@ async def test_connection_stats_follow_calls(server: Server, service: WireServic
         assert idle == ConnectionStats(info=info, calls=frozenset(), open_streams=0,
                                        held=frozenset(), pending_output={}, write_backlog=0,
                                        draining=False)
-        sid = await client.request(BLOCK, grpc_frame(b"b"))
-        with trio.fail_after(BOUND):
-            await service.all_in.wait()
+        sid = await held_call(client, service, b"b")
         [busy] = server.connection_stats()
         assert busy.info is info
         assert busy.calls == {sid}
@@ -166,9 +164,7 @@ async def test_connection_stats_show_a_stream_held_by_flow_control(
 async def test_shutdown_marks_connections_draining(server: Server,
                                                    service: WireService) -> None:
     async with open_memory_client(server.serve_stream) as client:
-        sid = await client.request(BLOCK, grpc_frame(b"b"))
-        with trio.fail_after(BOUND):
-            await service.all_in.wait()
+        sid = await held_call(client, service, b"b")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.shutdown, BOUND)
             await trio.testing.wait_all_tasks_blocked()
@@ -185,9 +181,7 @@ async def test_drain_one_connection(server: Server, service: WireService,
     with caplog.at_level(logging.DEBUG, logger="wire.server"):
         async with open_memory_client(server.serve_stream) as client, \
                 open_memory_client(server.serve_stream) as other:
-            sid = await client.request(BLOCK, grpc_frame(b"kept"))
-            with trio.fail_after(BOUND):
-                await service.all_in.wait()
+            sid = await held_call(client, service, b"kept")
             [info] = [s.info for s in server.connection_stats() if s.calls]
             assert server.drain_connection(info)
             await trio.testing.wait_all_tasks_blocked()

@@ -64,6 +64,14 @@ async def unary(client: H2Client, path: str, payload: bytes = b"ping",
         return await client.wait(sid)
 
 
+async def held_call(client: H2Client, service: WireService, payload: bytes) -> int:
+    """Start a Block call; its stream id once the handler holds it (until ``release``)."""
+    sid = await client.request(BLOCK, grpc_frame(payload))
+    with trio.fail_after(BOUND):
+        await service.all_in.wait()
+    return sid
+
+
 def assert_ok(rec: StreamRecord, payloads: list[bytes]) -> None:
     assert rec.reset_code is None, rec
     assert rec.ended
@@ -626,15 +634,22 @@ async def test_deadline_while_request_incomplete(server: Server, service: WireSe
     assert service.requests == []
 
 
+async def reset_cancels_handler(client: H2Client, service: WireService,
+                                sid: int) -> StreamRecord:
+    """Reset ``sid``: its handler is cancelled; the Echo call made afterwards is returned."""
+    await client.reset(sid, CANCEL)
+    with trio.fail_after(BOUND):
+        await service.cancelled.wait()
+    return await unary(client, ECHO)
+
+
 async def test_client_reset_cancels_handler(server: Server, service: WireService) -> None:
     async with open_memory_client(server.serve_stream) as client:
         sid = await client.request(SLEEP, grpc_frame(b"zzz"))
         with trio.fail_after(BOUND):
             await service.started.wait()
-        await client.reset(sid, CANCEL)
-        with trio.fail_after(BOUND):
-            await service.cancelled.wait()
-        ok = await unary(client, ECHO)  # nothing went out on the reset stream before this
+        # Nothing went out on the reset stream before the call that follows the reset.
+        ok = await reset_cancels_handler(client, service, sid)
         rec = client.streams[sid]
     assert rec.blocks == [] and not rec.data
     assert_ok(ok, [b"ping"])
@@ -646,10 +661,7 @@ async def test_client_reset_mid_stream_cancels_handler(server: Server,
         sid = await client.request(STREAM_FOREVER, grpc_frame(b""))
         with trio.fail_after(BOUND):
             await client.wait_for(sid, 10_000)
-        await client.reset(sid, CANCEL)
-        with trio.fail_after(BOUND):
-            await service.cancelled.wait()
-        ok = await unary(client, ECHO)
+        ok = await reset_cancels_handler(client, service, sid)
     assert 10 <= service.sent < 1000
     assert_ok(ok, [b"ping"])
 
@@ -662,9 +674,7 @@ async def test_client_goaway_lets_calls_in_flight_finish(server: Server,
     # The client's GOAWAY (last stream id 0: it processed no server-initiated stream) must not
     # cancel the calls it started; the server answers them, then closes.
     async with open_memory_client(server.serve_stream) as client:
-        sid = await client.request(BLOCK, grpc_frame(b"in flight"))
-        with trio.fail_after(BOUND):
-            await service.all_in.wait()
+        sid = await held_call(client, service, b"in flight")
         goaway = GoAwayFrame(0)
         goaway.last_stream_id = 0
         goaway.error_code = NO_ERROR
@@ -688,9 +698,7 @@ async def test_graceful_shutdown(server: Server, service: WireService) -> None:
         shut.set()
 
     async with open_memory_client(server.serve_stream) as client:
-        sid = await client.request(BLOCK, grpc_frame(b"in flight"))
-        with trio.fail_after(BOUND):
-            await service.all_in.wait()
+        sid = await held_call(client, service, b"in flight")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(shutdown)
             with trio.fail_after(BOUND):
