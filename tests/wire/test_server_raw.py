@@ -223,21 +223,25 @@ async def test_get_is_405(server: Server) -> None:
     assert_trailers_only(rec, StatusCode.INTERNAL, http="405")
 
 
-@pytest.mark.parametrize("content_type", [b"text/plain", b"application/grpcx", b"application/json"])
-async def test_bad_content_type_is_415(server: Server, content_type: bytes) -> None:
-    headers = [(k, content_type if k == b"content-type" else v)
-               for k, v in grpc_request_headers(ECHO)]
-    async with open_memory_client(server.serve_stream) as client:
-        sid = await client.request(ECHO, grpc_frame(b"x"), base=headers)
-        rec = await client.wait(sid)
-    assert_trailers_only(rec, StatusCode.INTERNAL, http="415")
+def _headers_with_content_type(content_type: bytes | None) -> list[tuple[bytes, bytes]]:
+    """Echo's request headers with content-type replaced by ``content_type`` (None: left out)."""
+    return [(k, content_type if k == b"content-type" else v)
+            for k, v in grpc_request_headers(ECHO)
+            if k != b"content-type" or content_type is not None]
 
 
-async def test_missing_content_type_is_415(server: Server) -> None:
-    headers = [h for h in grpc_request_headers(ECHO) if h[0] != b"content-type"]
+async def _echo_with_headers(server: Server, headers: list[tuple[bytes, bytes]]) -> StreamRecord:
     async with open_memory_client(server.serve_stream) as client:
         sid = await client.request(ECHO, grpc_frame(b"x"), base=headers)
-        rec = await client.wait(sid)
+        return await client.wait(sid)
+
+
+# None: no content-type at all.
+@pytest.mark.parametrize("content_type",
+                         [b"text/plain", b"application/grpcx", b"application/json", None])
+async def test_bad_or_missing_content_type_is_415(server: Server,
+                                                  content_type: bytes | None) -> None:
+    rec = await _echo_with_headers(server, _headers_with_content_type(content_type))
     assert_trailers_only(rec, StatusCode.INTERNAL, http="415")
 
 
@@ -245,11 +249,7 @@ async def test_missing_content_type_is_415(server: Server) -> None:
     "content_type", [b"application/grpc+proto", b"application/grpc;charset=utf-8"]
 )
 async def test_grpc_content_type_variants_accepted(server: Server, content_type: bytes) -> None:
-    headers = [(k, content_type if k == b"content-type" else v)
-               for k, v in grpc_request_headers(ECHO)]
-    async with open_memory_client(server.serve_stream) as client:
-        sid = await client.request(ECHO, grpc_frame(b"x"), base=headers)
-        rec = await client.wait(sid)
+    rec = await _echo_with_headers(server, _headers_with_content_type(content_type))
     assert_ok(rec, [b"x"])
 
 
