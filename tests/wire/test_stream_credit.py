@@ -1,0 +1,168 @@
+"""Receive flow control of streaming requests, sans-I/O: ``ServerConnection.hold_credit_for``.
+
+An h2 client connection is pumped against ``ServerConnection`` by hand (on both engines), so
+each window is read off the client's own flow-control state: a call that holds credit keeps
+its stream window shut until ``release_credit``, a message larger than the window still
+arrives while the handler waits (``request_more``), and the connection window never depends
+on a held stream.
+"""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from tests.wire.streaming_service import engine_config
+from wire.connection import ServerConnection
+from wire.events import Event, MessageReceived, RequestReceived
+from wire.framing import encode_message
+
+HELD = "/t.S/Held"
+UNARY = "/t.S/Unary"
+WINDOW = 4096
+
+
+@pytest.fixture(params=["native"])
+def http2(request: pytest.FixtureRequest) -> str:
+    """The HTTP/2 engine under test (main has one so far)."""
+    engine: str = request.param
+    return engine
+
+
+class Pair:
+    """An h2 client and our server connection, with bytes moved by ``pump()``."""
+
+    def __init__(self, http2: str) -> None:
+        self.server = ServerConnection(engine_config(http2, initial_window_size=WINDOW,
+                                                    connection_window_increment=0))
+        self.server.hold_credit_for(lambda path: path == HELD)
+        self.client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.client.initiate_connection()
+        self.events: list[Event] = []
+        self.pump()
+
+    def pump(self) -> None:
+        for _ in range(10):  # bounded: each round moves what both sides have queued
+            out = self.client.data_to_send()
+            if out:
+                self.events += self.server.receive_data(out)
+            back = self.server.data_to_send()
+            if back:
+                self.client.receive_data(back)
+            if not out and not back:
+                return
+
+    def start(self, path: str) -> int:
+        sid: int = self.client.get_next_available_stream_id()
+        self.client.send_headers(sid, [
+            (":method", "POST"), (":scheme", "http"), (":path", path),
+            (":authority", "x"), ("te", "trailers"), ("content-type", "application/grpc"),
+        ])
+        self.pump()
+        assert any(isinstance(e, RequestReceived) and e.stream_id == sid for e in self.events)
+        return sid
+
+    def window(self, sid: int) -> int:
+        """What the client may still send on ``sid`` (stream and connection windows)."""
+        return int(self.client.local_flow_control_window(sid))
+
+    def send(self, sid: int, data: bytes) -> int:
+        """Send as much of ``data`` as the windows allow; return how much that was."""
+        sent = 0
+        while sent < len(data):
+            n = min(self.window(sid), len(data) - sent, self.client.max_outbound_frame_size)
+            if n <= 0:
+                break
+            self.client.send_data(sid, data[sent:sent + n])
+            sent += n
+            self.pump()
+        return sent
+
+    def messages(self, sid: int) -> list[MessageReceived]:
+        return [e for e in self.events if isinstance(e, MessageReceived) and e.stream_id == sid]
+
+
+@pytest.fixture
+def pair(http2: str) -> Pair:
+    return Pair(http2)
+
+
+def test_credit_rides_on_the_last_message_of_a_frame(pair: Pair) -> None:
+    sid = pair.start(HELD)
+    assert pair.send(sid, b"".join(encode_message(b"m" * 100) for _ in range(3))) == 315
+    got = pair.messages(sid)
+    assert [len(m.data) for m in got] == [100, 100, 100]
+    assert [m.credit for m in got] == [0, 0, 315]
+
+
+def test_unconsumed_messages_keep_the_stream_window_shut(pair: Pair) -> None:
+    sid = pair.start(HELD)
+    message = encode_message(b"x" * 95)  # 100 bytes on the wire
+    sent = pair.send(sid, message * 100)
+    # The whole window went into complete messages nobody consumed: nothing more fits.
+    assert sent == WINDOW
+    assert pair.window(sid) == 0
+    credit = sum(m.credit for m in pair.messages(sid))
+    assert credit == sum(len(m.data) + 5 for m in pair.messages(sid))
+    pair.server.release_credit(sid, credit)
+    pair.pump()
+    # Consumed: the window reopens (WINDOW_UPDATE once half of it is due).
+    assert pair.window(sid) >= WINDOW // 2
+
+
+def test_unheld_calls_get_their_window_back_at_once(pair: Pair) -> None:
+    sid = pair.start(UNARY)
+    # One message of three windows: it arrives whole although nobody acknowledges anything.
+    payload = encode_message(b"u" * (3 * WINDOW))
+    assert pair.send(sid, payload) == len(payload)
+    assert [m.credit for m in pair.messages(sid)] == [0]
+
+
+def test_message_larger_than_the_window_completes_while_the_handler_waits(pair: Pair) -> None:
+    sid = pair.start(HELD)
+    big = encode_message(b"b" * (3 * WINDOW))
+    # A fresh call's handler waits for its first message: the partial bytes go back.
+    assert pair.send(sid, big) == len(big)
+    assert len(pair.messages(sid)) == 1
+    # The next big one, while the first is still queued: held at (about) one window.
+    sent = pair.send(sid, big)
+    assert WINDOW // 2 < sent <= WINDOW
+    assert len(pair.messages(sid)) == 1
+    assert pair.window(sid) == 0
+    # The handler takes the first message and waits again: the second can complete.
+    pair.server.release_credit(sid, pair.messages(sid)[0].credit)
+    pair.server.request_more(sid)
+    pair.pump()
+    rest = big[sent:]
+    for _ in range(10):  # bounded: each pass moves one window of the rest
+        rest = rest[pair.send(sid, rest):]
+        if not rest:
+            break
+    assert not rest
+    assert len(pair.messages(sid)) == 2
+
+
+def test_a_held_stream_never_shuts_the_connection_window(pair: Pair) -> None:
+    held = pair.start(HELD)
+    assert pair.send(held, encode_message(b"h" * 95) * 100) == WINDOW
+    # More than the whole connection window (65535 here) on other calls goes through.
+    for _ in range(20):
+        sid = pair.start(UNARY)
+        payload = encode_message(b"o" * 5000)
+        assert pair.send(sid, payload) == len(payload)
+        pair.client.end_stream(sid)
+        pair.pump()
+    assert pair.window(held) == 0
+    assert pair.client.outbound_flow_control_window > WINDOW
+
+
+def test_release_after_the_call_is_gone_is_harmless(pair: Pair) -> None:
+    sid = pair.start(HELD)
+    pair.send(sid, encode_message(b"z" * 10))
+    pair.server.reset(sid)
+    pair.server.release_credit(sid, 15)
+    pair.server.request_more(sid)
+    pair.pump()
+    assert not pair.server.closed
