@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from tests.interop.grpcio_streaming import COUNT, ECHO, HANG, message, parse_count
-from wire import Channel, RpcError, Server, ServerConfig, StatusCode, open_channel
+from wire import Channel, RpcError, Server, ServerConfig, StatusCode, open_channel, stream_unary
 
 from .streaming_service import (
     FAIL_AFTER,
@@ -306,3 +306,56 @@ async def test_shutdown_ends_open_bidi_calls_unavailable(http2: str) -> None:
         nursery.cancel_scope.cancel()
     assert info.value.code is StatusCode.UNAVAILABLE
     assert service.hang_cancelled.is_set()
+
+
+async def test_gzip_requests_stream_through(service: StreamingService, http2: str) -> None:
+    async with connected(service, http2) as channel:
+        result = await channel.stream_unary(COUNT, [b"z" * 5000] * 20, timeout=WAIT,
+                                            compression="gzip")
+    assert parse_count(result.response) == (20, 100_000)
+
+
+async def test_unparsable_request_mid_stream_is_internal(http2: str) -> None:
+    def strict(data: bytes) -> bytes:
+        if data == b"bad":
+            raise ValueError("not a request")
+        return data
+
+    seen: list[bytes] = []
+
+    async def collect(requests: AsyncIterator[bytes], call: object) -> bytes:
+        async for request in requests:
+            seen.append(request)
+        return b"done"
+
+    server = Server([stream_unary("/t.S/Collect", collect, strict, bytes)],
+                    config=engine_config(http2))
+    async with trio.open_nursery() as nursery:
+
+        async def connect() -> trio.abc.Stream:
+            client, server_side = trio.testing.memory_stream_pair()
+            nursery.start_soon(server.serve_stream, server_side)
+            return client
+
+        async with open_channel("memory:1", connector=connect) as channel:
+            with pytest.raises(RpcError) as info:
+                await channel.stream_unary("/t.S/Collect", [b"ok", b"bad", b"never"],
+                                           timeout=WAIT)
+        nursery.cancel_scope.cancel()
+    assert info.value.code is StatusCode.INTERNAL
+    assert "error unmarshalling request" in info.value.message
+    assert seen == [b"ok"]
+
+
+async def test_an_exception_from_the_callers_requests_cancels_the_call(
+        service: StreamingService, http2: str) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"one"
+        raise KeyError("the caller's own bug")
+
+    async with connected(service, http2) as channel:
+        with pytest.raises(KeyError, match="the caller's own bug"):
+            await channel.stream_unary(COUNT, broken(), timeout=WAIT)
+        # The channel is fine afterwards.
+        result = await channel.stream_unary(COUNT, [b"a"], timeout=WAIT)
+    assert parse_count(result.response) == (1, 1)
