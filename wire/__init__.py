@@ -1,9 +1,10 @@
 """gRPC over HTTP/2 for Trio, in pure Python (h2 + hpack); knows nothing of health checking.
 
 Layers: a sans-I/O core (``status``, ``errors``, ``framing``, ``compression``, ``timeout``,
-``metadata``, ``events``, ``handlers``, ``connection``, ``client_connection``) that never imports
-Trio, and a Trio layer around it: ``transport`` (the single writer), ``calls`` (``ServerCall``,
-``PushCall``), ``driver`` (one server connection), ``server`` and ``client``.
+``metadata``, ``events``, ``handlers``, ``connection``, ``client_connection``, ``reflection``)
+that never imports Trio, and a Trio layer around it: ``transport`` (the single writer), ``calls``
+(``ServerCall``, ``PushCall``), ``request_stream`` (the requests of client-streaming and bidi
+calls), ``driver`` (one server connection), ``server`` and ``client``.
 
 The names below are loaded on first use (PEP 562), so ``import wire`` or importing a sans-I/O
 module never loads Trio; ``from wire import Server`` loads the server side.
