@@ -13,11 +13,17 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+from hyperframe.frame import WindowUpdateFrame
 
 from tests.wire.streaming_service import engine_config
 from wire.connection import ServerConnection
 from wire.events import Event, MessageReceived, RequestReceived
 from wire.framing import encode_message
+from wire.h2codec import H2ServerCodec
+
+from .rawconn import PREFACE, data_frame, parse_frames, request_frames, settings_frame
+from .service import ECHO
+from .test_native_audit import Recorder
 
 HELD = "/t.S/Held"
 UNARY = "/t.S/Unary"
@@ -166,3 +172,36 @@ def test_release_after_the_call_is_gone_is_harmless(pair: Pair) -> None:
     pair.server.request_more(sid)
     pair.pump()
     assert not pair.server.closed
+
+
+# ---------------------------------------------------------------------- the native codec alone
+
+
+def _codec(manual: bool) -> H2ServerCodec:
+    codec = H2ServerCodec(Recorder(), max_concurrent_streams=100, max_header_list_size=16384,
+                          header_block_limit=65536, initial_window_size=65535,
+                          max_frame_size=16384, connection_window_increment=0,
+                          manual_stream_credit=manual)
+    codec.receive_data(PREFACE + settings_frame())
+    codec.receive_data(request_frames(1, ECHO, None, end_stream=False))
+    codec.data_to_send()
+    return codec
+
+
+def _window_updates(codec: H2ServerCodec) -> dict[int, int]:
+    return {f.stream_id: f.window_increment for f in parse_frames(codec.data_to_send())
+            if isinstance(f, WindowUpdateFrame)}
+
+
+@pytest.mark.parametrize("manual", [False, True], ids=["auto", "manual"])
+def test_codec_stream_credit(manual: bool) -> None:
+    codec = _codec(manual)
+    codec.receive_data(data_frame(1, b"x" * 16384) + data_frame(1, b"y" * 16384))
+    # The connection window reopens by itself either way; the stream's only if automatic.
+    assert _window_updates(codec) == ({0: 32768} if manual else {0: 32768, 1: 32768})
+    codec.acknowledge(1, 30000)
+    assert _window_updates(codec) == ({1: 30000} if manual else {})
+    codec.receive_data(data_frame(1, b"", end_stream=True))
+    codec.acknowledge(1, 100)  # the client has ended its side: nothing to reopen
+    codec.acknowledge(7, 100)  # never opened
+    assert _window_updates(codec) == {}
