@@ -2,7 +2,7 @@
 
 Runs in one process on 127.0.0.1, our ``Channel`` as the client of both servers (so the
 servers are compared, not the clients): grpcio's ``grpc.server`` (its own threads) and ours
-(``wire.Server`` in this Trio run, on each HTTP/2 engine main has).
+(``wire.Server`` in this Trio run, on each HTTP/2 engine: h2 and native).
 
 * ``client-stream``: one call sending ``--messages`` messages of ``--size`` bytes to Count;
   messages per second, best of ``--runs``.
@@ -18,7 +18,6 @@ Usage: ``.venv/bin/python bench/streaming.py [--messages 20000] [--size 64] [--r
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -32,20 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.interop.grpcio_streaming import COUNT, ECHO, GrpcioStreamingServer
 from tests.wire.streaming_service import HOLD, StreamingService
 from wire import Server, ServerConfig, open_channel
+from wire.http2 import ENGINES
 
 #: Bounds every measurement, against hangs.
 STEP_TIMEOUT = 120.0
 
 
-def _engines() -> list[str]:
-    names = [f.name for f in dataclasses.fields(ServerConfig)]
-    return ["h2", "native"] if "http2" in names else ["native"]
-
-
 def _config(engine: str) -> ServerConfig:
-    if "http2" in [f.name for f in dataclasses.fields(ServerConfig)]:
-        return ServerConfig(http2=engine)  # type: ignore[call-arg, unused-ignore]
-    return ServerConfig()
+    return ServerConfig(http2=engine)
 
 
 async def _payloads(count: int, size: int) -> AsyncIterator[bytes]:
@@ -132,14 +125,14 @@ async def main(args: argparse.Namespace) -> None:
     print(f"client stream: {args.messages} x {args.size} B; ping-pong: {args.round_trips} "
           f"round trips of {args.size} B; best of {args.runs}; client: wire.Channel")
     print(f"{'server':<16} {'client-stream msg/s':>20} {'bidi round trips/s':>20}")
-    for engine in _engines():
+    for engine in ENGINES:
         with trio.fail_after(STEP_TIMEOUT * 4):
             stream, pong = await _ours(engine, args)
         print(f"{'ours (' + engine + ')':<16} {stream:>20,.0f} {pong:>20,.0f}")
     with trio.fail_after(STEP_TIMEOUT * 4):
         stream, pong = await _grpcio(args)
     print(f"{'grpcio':<16} {stream:>20,.0f} {pong:>20,.0f}")
-    for engine in _engines():
+    for engine in ENGINES:
         buffered, window = await stalled_buffer(engine)
         print(f"stalled handler ({engine}), 64 MiB offered: {buffered:,} B buffered "
               f"(stream window {window:,} B)")

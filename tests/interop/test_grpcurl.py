@@ -21,18 +21,10 @@ import trio
 from health import ServingStatus
 from health.service import HealthService
 from tests.interop.grpcurl import grpcurl_command, require_grpcurl, run_grpcurl
-from tests.wire.streaming_service import engine_config
-from wire import Server
+from wire import Server, ServerConfig
 from wire.reflection import V1_SERVICE, V1ALPHA_SERVICE, add_reflection
 
 HEALTH = "grpc.health.v1.Health"
-
-
-@pytest.fixture(params=["native"])
-def http2(request: pytest.FixtureRequest) -> str:
-    """The HTTP/2 engine under test (main has one so far)."""
-    engine: str = request.param
-    return engine
 
 
 def test_packaged_grpcurl_runs() -> None:
@@ -84,7 +76,7 @@ def grpcurl() -> Path:
 
 @pytest.fixture
 async def target(http2: str, nursery: trio.Nursery) -> AsyncIterator[str]:
-    server = Server(config=engine_config(http2))
+    server = Server(config=ServerConfig(http2=http2))
     service = HealthService()
     service.state.set("known", ServingStatus.SERVING)
     service.state.set("down", ServingStatus.NOT_SERVING)

@@ -18,8 +18,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 
 from health.service import HealthService
 from tests.interop.grpcio_streaming import CALL_TIMEOUT, grpcio_channel
-from tests.wire.streaming_service import engine_config
-from wire import Server
+from wire import Server, ServerConfig
 from wire.reflection import V1_SERVICE, V1ALPHA_SERVICE, add_reflection
 
 pytestmark = pytest.mark.skipif(
@@ -28,13 +27,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 HEALTH = "grpc.health.v1.Health"
-
-
-@pytest.fixture(params=["native"])
-def http2(request: pytest.FixtureRequest) -> str:
-    """The HTTP/2 engine under test (main has one so far)."""
-    engine: str = request.param
-    return engine
 
 
 def _app_file() -> descriptor_pb2.FileDescriptorProto:
@@ -57,7 +49,7 @@ def _app_file() -> descriptor_pb2.FileDescriptorProto:
 
 @pytest.fixture
 async def target(http2: str, nursery: trio.Nursery) -> AsyncIterator[str]:
-    server = Server(config=engine_config(http2))
+    server = Server(config=ServerConfig(http2=http2))
     registry = add_reflection(server)
     HealthService().attach(server, reflection=registry)
     # An application's service, described by serialized bytes (its import is health's file).

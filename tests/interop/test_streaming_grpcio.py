@@ -30,17 +30,10 @@ from tests.interop.grpcio_streaming import (
     message,
     parse_count,
 )
-from tests.wire.streaming_service import StreamingService, engine_config
-from wire import RpcError, Server, StatusCode, open_channel
+from tests.wire.streaming_service import StreamingService
+from wire import RpcError, Server, ServerConfig, StatusCode, open_channel
 
 T = TypeVar("T")
-
-
-@pytest.fixture(params=["native"])
-def http2(request: pytest.FixtureRequest) -> str:
-    """The HTTP/2 engine under test (main has one so far)."""
-    engine: str = request.param
-    return engine
 
 
 async def in_thread(fn: Callable[[], T]) -> T:
@@ -63,7 +56,7 @@ def service() -> StreamingService:
 @pytest.fixture
 async def our_target(service: StreamingService, http2: str,
                      nursery: trio.Nursery) -> AsyncIterator[str]:
-    server = Server(service.handlers(), config=engine_config(http2))
+    server = Server(service.handlers(), config=ServerConfig(http2=http2))
     _, port = await nursery.start(server.serve_tcp, "127.0.0.1", 0)
     yield f"127.0.0.1:{port}"
     with trio.fail_after(CALL_TIMEOUT):

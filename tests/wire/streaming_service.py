@@ -20,7 +20,6 @@ from wire import (
     MethodHandler,
     RpcError,
     ServerCall,
-    ServerConfig,
     StatusCode,
     stream_stream,
     stream_unary,
@@ -44,12 +43,6 @@ def flood_request(count: int) -> bytes:
 
 def _identity(data: bytes) -> bytes:
     return data
-
-
-def engine_config(http2: str, **settings: Any) -> ServerConfig:
-    """A ``ServerConfig`` for the HTTP/2 engine named ``http2`` (main has one engine so far)."""
-    assert http2 == "native"
-    return ServerConfig(**settings)
 
 
 class StreamingService:

@@ -15,8 +15,7 @@ import h2.events
 import pytest
 from hyperframe.frame import WindowUpdateFrame
 
-from tests.wire.streaming_service import engine_config
-from wire.connection import ServerConnection
+from wire.connection import ServerConfig, ServerConnection
 from wire.events import Event, MessageReceived, RequestReceived
 from wire.framing import encode_message
 from wire.h2codec import H2ServerCodec
@@ -30,18 +29,11 @@ UNARY = "/t.S/Unary"
 WINDOW = 4096
 
 
-@pytest.fixture(params=["native"])
-def http2(request: pytest.FixtureRequest) -> str:
-    """The HTTP/2 engine under test (main has one so far)."""
-    engine: str = request.param
-    return engine
-
-
 class Pair:
     """An h2 client and our server connection, with bytes moved by ``pump()``."""
 
     def __init__(self, http2: str) -> None:
-        self.server = ServerConnection(engine_config(http2, initial_window_size=WINDOW,
+        self.server = ServerConnection(ServerConfig(http2=http2, initial_window_size=WINDOW,
                                                     connection_window_increment=0))
         self.server.hold_credit_for(lambda path: path == HELD)
         self.client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))

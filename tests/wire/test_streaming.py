@@ -25,19 +25,11 @@ from .streaming_service import (
     FLOOD_SIZE,
     HOLD,
     StreamingService,
-    engine_config,
     flood_request,
 )
 
 #: A bound on waits for an event, against hangs; the tests never assert durations.
 WAIT = 10.0
-
-
-@pytest.fixture(params=["native"])
-def http2(request: pytest.FixtureRequest) -> str:
-    """The HTTP/2 engine under test (main has one so far)."""
-    engine: str = request.param
-    return engine
 
 
 @pytest.fixture
@@ -48,7 +40,7 @@ def service() -> StreamingService:
 @asynccontextmanager
 async def connected(service: StreamingService, http2: str) -> AsyncIterator[Channel]:
     """A channel to a server of ``service`` over an in-memory stream."""
-    server = Server(service.handlers(), config=engine_config(http2))
+    server = Server(service.handlers(), config=ServerConfig(http2=http2))
     async with trio.open_nursery() as nursery:
 
         async def connect() -> trio.abc.Stream:
@@ -238,7 +230,7 @@ async def test_unary_methods_refuse_a_second_request_still(http2: str) -> None:
         return request
 
     server = Server([unary_unary("/t.U/Echo", echo, bytes, bytes)],
-                    config=engine_config(http2))
+                    config=ServerConfig(http2=http2))
     async with trio.open_nursery() as nursery:
 
         async def connect() -> trio.abc.Stream:
@@ -287,7 +279,7 @@ async def test_a_handler_that_does_not_read_stalls_no_other_call(service: Stream
 
 async def test_shutdown_ends_open_bidi_calls_unavailable(http2: str) -> None:
     service = StreamingService()
-    server = Server(service.handlers(), config=engine_config(http2))
+    server = Server(service.handlers(), config=ServerConfig(http2=http2))
     async with trio.open_nursery() as nursery:
 
         async def connect() -> trio.abc.Stream:
@@ -329,7 +321,7 @@ async def test_unparsable_request_mid_stream_is_internal(http2: str) -> None:
         return b"done"
 
     server = Server([stream_unary("/t.S/Collect", collect, strict, bytes)],
-                    config=engine_config(http2))
+                    config=ServerConfig(http2=http2))
     async with trio.open_nursery() as nursery:
 
         async def connect() -> trio.abc.Stream:
