@@ -11,12 +11,18 @@ spoke, and adds the gRPC layer on top. It depends only on the engine interface:
   reported as ``RequestRejected``; only valid requests become ``RequestReceived``.
 * Request bodies go through a per-call ``MessageDecoder``; a bad or oversized message ends the
   call here (``CallAborted``) with the status already queued.
+* Receive flow control: the engine reopens the connection window as DATA arrives; a stream's
+  window reopens here, half a window at a time, as soon as its bytes are decoded, except for
+  calls of methods ``hold_credit_for`` names (client-streaming and bidi): their messages keep
+  their share of the stream window until the I/O layer consumes them (``release_credit``), so
+  a handler that does not read holds its client back at one window.
 * Responses are queued per stream. DATA leaves only as far as the peer's flow-control windows
   allow; the rest waits in the stream's queue until WINDOW_UPDATE arrives, and trailers wait
   behind the data so order is never broken. The I/O layer reads ``pending_output()`` to apply
   back-pressure, so a queue holds at most one message beyond its high-water mark.
-* Nothing here knows about sockets, Trio or which methods exist: the I/O layer answers unknown
-  methods with ``send_status(UNIMPLEMENTED)`` like any other outcome.
+* Nothing here knows about sockets, Trio or which methods exist (``hold_credit_for`` is a
+  predicate the I/O layer hands in): the I/O layer answers unknown methods with
+  ``send_status(UNIMPLEMENTED)`` like any other outcome.
 
 Graceful shutdown uses ``start_drain()`` in two steps, as RFC 9113 section 6.8 advises and
 grpc-go does: a GOAWAY naming stream 2^31-1 and a PING; when the PING's ACK is back, every
