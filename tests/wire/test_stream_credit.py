@@ -4,7 +4,7 @@ An h2 client connection is pumped against ``ServerConnection`` by hand (on both 
 each window is read off the client's own flow-control state: a call that holds credit keeps
 its stream window shut until ``release_credit``, a message larger than the window still
 arrives while the handler waits (``request_more``), and the connection window never depends
-on a held stream.
+on a held stream. The client's side (``ClientConnection``) holds response credit the same way.
 """
 
 from __future__ import annotations
@@ -15,13 +15,18 @@ import h2.events
 import pytest
 from hyperframe.frame import WindowUpdateFrame
 
+from wire.client_connection import ClientConfig, ClientConnection, ResponseMessageReceived
 from wire.connection import ServerConfig, ServerConnection
+from wire.errors import LocalProtocolError
 from wire.events import Event, MessageReceived, RequestReceived
 from wire.framing import encode_message
 from wire.h2codec import H2ServerCodec
 
 from .rawconn import PREFACE, data_frame, parse_frames, request_frames, settings_frame
 from .service import ECHO
+from .test_client import Pair as ClientPair
+from .test_client import RawServer
+from .test_client import start as client_start
 from .test_native_audit import Recorder
 
 HELD = "/t.S/Held"
@@ -200,3 +205,82 @@ def test_codec_stream_credit(manual: bool) -> None:
     codec.acknowledge(1, 100)  # the client has ended its side: nothing to reopen
     codec.acknowledge(7, 100)  # never opened
     assert _window_updates(codec) == {}
+
+
+# ---------------------------------------------------------------------- the client's side
+
+
+def _client_pair() -> tuple[ClientPair, int]:
+    server = RawServer()
+    client = ClientConnection(ClientConfig(initial_window_size=WINDOW,
+                                           connection_window_increment=0))
+    pair = ClientPair(server, client)
+    sid = client_start(pair)
+    server.headers(sid)
+    return pair, sid
+
+
+def _server_window(pair: ClientPair, sid: int) -> int:
+    assert isinstance(pair.server, RawServer)
+    return int(pair.server.h2.local_flow_control_window(sid))
+
+
+def _responses(pair: ClientPair) -> list[ResponseMessageReceived]:
+    return [e for e in pair.events if isinstance(e, ResponseMessageReceived)]
+
+
+def test_client_holds_unconsumed_responses_against_the_stream_window() -> None:
+    pair, sid = _client_pair()
+    server = pair.server
+    assert isinstance(server, RawServer)
+    # Messages spanning frames: the start of each is held too, not released on arrival.
+    message = encode_message(b"r" * 995)  # 1000 bytes
+    for _ in range(4):
+        server.data_frame(sid, message[:600])
+        pair.pump()
+        server.data_frame(sid, message[600:])
+        pair.pump()
+    assert _server_window(pair, sid) == WINDOW - 4000
+    held = _responses(pair)
+    # The start of the first message was given back (the caller waits for a first message)
+    # but not sent yet: WINDOW_UPDATE goes out half a window at a time.
+    assert sum(m.flow_controlled_length for m in held) == 4000 - 600
+    for m in held:
+        pair.client.acknowledge_received(sid, m.flow_controlled_length)
+    pair.pump()
+    assert _server_window(pair, sid) == WINDOW
+
+
+def test_client_lets_a_big_response_complete_while_the_caller_waits() -> None:
+    pair, sid = _client_pair()
+    server = pair.server
+    assert isinstance(server, RawServer)
+    first = encode_message(b"a" * 10)
+    big = encode_message(b"b" * (3 * WINDOW))
+    server.data_frame(sid, first)
+    pair.pump()
+    # The first message is queued, not consumed: the big one stops at about one window.
+    sent = 0
+    for _ in range(10):
+        n = min(_server_window(pair, sid), len(big) - sent)
+        if n <= 0:
+            break
+        server.data_frame(sid, big[sent:sent + n])
+        sent += n
+        pair.pump()
+    assert sent < len(big)
+    # The caller takes the first and waits for more: the big one's bytes go back as they come.
+    pair.client.acknowledge_received(sid, _responses(pair)[0].flow_controlled_length)
+    pair.client.request_more(sid)
+    pair.pump()
+    for _ in range(20):
+        n = min(_server_window(pair, sid), len(big) - sent)
+        if n > 0:
+            server.data_frame(sid, big[sent:sent + n])
+            sent += n
+        pair.pump()
+        if sent == len(big):
+            break
+    assert [len(m.data) for m in _responses(pair)] == [10, 3 * WINDOW]
+    with pytest.raises(LocalProtocolError):
+        pair.client.acknowledge_received(sid, -1)
