@@ -16,7 +16,16 @@ import trio
 import trio.testing
 
 from tests.interop.grpcio_streaming import COUNT, ECHO, HANG, message, parse_count
-from wire import Channel, RpcError, Server, ServerConfig, StatusCode, open_channel, stream_unary
+from wire import (
+    BidiStream,
+    Channel,
+    RpcError,
+    Server,
+    ServerConfig,
+    StatusCode,
+    open_channel,
+    stream_unary,
+)
 
 from .streaming_service import (
     FAIL_AFTER,
@@ -351,3 +360,23 @@ async def test_an_exception_from_the_callers_requests_cancels_the_call(
         # The channel is fine afterwards.
         result = await channel.stream_unary(COUNT, [b"a"], timeout=WAIT)
     assert parse_count(result.response) == (1, 1)
+
+
+async def test_deadline_while_send_waits_for_the_window(service: StreamingService, http2: str,
+                                                        autojump_clock: trio.testing.MockClock,
+                                                        ) -> None:
+    # The server's handler never reads: send() blocks on flow control until the deadline.
+    sent = 0
+
+    async def send_many(stream: BidiStream) -> None:
+        nonlocal sent
+        for _ in range(1000):  # bounded: far more than the windows take
+            await stream.send(message(sent, 16 * 1024))
+            sent += 1
+
+    async with connected(service, http2) as channel, \
+            channel.stream_stream(HOLD, timeout=5) as stream:
+        with pytest.raises(RpcError) as info:
+            await send_many(stream)
+    assert info.value.code is StatusCode.DEADLINE_EXCEEDED
+    assert 0 < sent < 1000
