@@ -750,11 +750,13 @@ class H2ServerCodec:
             raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
         pos = start
         end = start + length
+        if length < (flags & _PADDED and 1) + (flags & _PRIORITY_FLAG and 5):
+            # Section 4.2: a frame "too small to contain mandatory frame data" (the Pad
+            # Length byte, the five bytes of priority fields) is a FRAME_SIZE_ERROR, whatever
+            # its padding says; checked before the padding, as h2 does.
+            raise self._connection_error(ErrorCode.FRAME_SIZE_ERROR,
+                                         "HEADERS too short for its padding and priority fields")
         if flags & _PADDED:
-            if length < 1:
-                # Section 4.2: a frame "too small to contain mandatory frame data".
-                raise self._connection_error(ErrorCode.FRAME_SIZE_ERROR,
-                                             "HEADERS too short for padding")
             pad = buf[pos]
             pos += 1
             if pad >= length:
@@ -765,11 +767,6 @@ class H2ServerCodec:
                                              "HEADERS padding too long")
             end -= pad
         if flags & _PRIORITY_FLAG:
-            if length - (pos - start) < 5:
-                # Section 4.2: the frame is "too small to contain mandatory frame data" (the
-                # five bytes of priority fields), whatever its padding says.
-                raise self._connection_error(ErrorCode.FRAME_SIZE_ERROR,
-                                             "HEADERS too short for priority fields")
             # Section 5.3.2: "This update to HTTP/2 deprecates the priority signaling defined
             # in RFC 7540"; what it keeps of the fields is their layout (sections 6.2, 6.3).
             # RFC 7540's "A stream cannot depend on itself ... stream error of type
