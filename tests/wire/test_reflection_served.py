@@ -8,15 +8,10 @@ clients fall back from v1 to v1alpha, and grpcurl say "does not support the refl
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import pytest
-import trio
-import trio.testing
 from google.protobuf import descriptor_pb2
 
-from wire import Channel, RpcError, Server, StatusCode, open_channel
+from wire import RpcError, Server, StatusCode
 from wire._reflection_pb2 import v1
 from wire.reflection import (
     METHOD_PATHS,
@@ -26,21 +21,9 @@ from wire.reflection import (
     add_reflection,
 )
 
+from .memory_channel import memory_channel_to
+
 WAIT = 10.0
-
-
-@asynccontextmanager
-async def connected(server: Server) -> AsyncIterator[Channel]:
-    async with trio.open_nursery() as nursery:
-
-        async def connect() -> trio.abc.Stream:
-            client, server_side = trio.testing.memory_stream_pair()
-            nursery.start_soon(server.serve_stream, server_side)
-            return client
-
-        async with open_channel("memory:1", connector=connect) as channel:
-            yield channel
-        nursery.cancel_scope.cancel()
 
 
 def _app_file() -> bytes:
@@ -64,7 +47,7 @@ async def test_one_stream_answers_each_request_in_order(version: ReflectionVersi
         v1.ServerReflectionRequest(file_containing_symbol="no.such.Thing"),
         v1.ServerReflectionRequest(file_by_filename="app/app.proto"),
     ]
-    async with connected(server) as channel, \
+    async with memory_channel_to(server) as channel, \
             channel.stream_stream(METHOD_PATHS[version], timeout=WAIT) as stream:
         answers = []
         for request in requests:
@@ -92,7 +75,7 @@ async def test_only_the_versions_asked_for_are_served() -> None:
     assert METHOD_PATHS["v1"] not in server.methods
     with pytest.raises(ValueError, match="unknown reflection version"):
         add_reflection(Server(), versions=("v2",))  # type: ignore[arg-type]
-    async with connected(server) as channel, \
+    async with memory_channel_to(server) as channel, \
             channel.stream_stream(METHOD_PATHS["v1"], timeout=WAIT) as stream:
         await stream.send(v1.ServerReflectionRequest(list_services="").SerializeToString())
         with pytest.raises(RpcError) as info:
@@ -104,7 +87,7 @@ async def test_only_the_versions_asked_for_are_served() -> None:
 async def test_a_request_without_a_kind_ends_the_call_invalid_argument() -> None:
     server = Server()
     add_reflection(server)
-    async with connected(server) as channel, \
+    async with memory_channel_to(server) as channel, \
             channel.stream_stream(METHOD_PATHS["v1"], timeout=WAIT) as stream:
         await stream.send(v1.ServerReflectionRequest(host="h").SerializeToString())
         with pytest.raises(RpcError) as info:

@@ -23,10 +23,10 @@ from wire import (
     Server,
     ServerConfig,
     StatusCode,
-    open_channel,
     stream_unary,
 )
 
+from .memory_channel import memory_channel_to
 from .streaming_service import (
     FAIL_AFTER,
     FAIL_CODE,
@@ -50,16 +50,8 @@ def service() -> StreamingService:
 async def connected(service: StreamingService, http2: str) -> AsyncIterator[Channel]:
     """A channel to a server of ``service`` over an in-memory stream."""
     server = Server(service.handlers(), config=ServerConfig(http2=http2))
-    async with trio.open_nursery() as nursery:
-
-        async def connect() -> trio.abc.Stream:
-            client, server_side = trio.testing.memory_stream_pair()
-            nursery.start_soon(server.serve_stream, server_side)
-            return client
-
-        async with open_channel("memory:1", connector=connect) as channel:
-            yield channel
-        nursery.cancel_scope.cancel()
+    async with memory_channel_to(server) as channel:
+        yield channel
 
 
 async def numbered(count: int, size: int = 16) -> AsyncIterator[bytes]:
@@ -240,17 +232,9 @@ async def test_unary_methods_refuse_a_second_request_still(http2: str) -> None:
 
     server = Server([unary_unary("/t.U/Echo", echo, bytes, bytes)],
                     config=ServerConfig(http2=http2))
-    async with trio.open_nursery() as nursery:
-
-        async def connect() -> trio.abc.Stream:
-            client, server_side = trio.testing.memory_stream_pair()
-            nursery.start_soon(server.serve_stream, server_side)
-            return client
-
-        async with open_channel("memory:1", connector=connect) as channel:
-            with pytest.raises(RpcError) as info:
-                await channel.stream_unary("/t.U/Echo", [b"a", b"b"], timeout=WAIT)
-        nursery.cancel_scope.cancel()
+    async with memory_channel_to(server) as channel:
+        with pytest.raises(RpcError) as info:
+            await channel.stream_unary("/t.U/Echo", [b"a", b"b"], timeout=WAIT)
     assert info.value.code is StatusCode.UNIMPLEMENTED
 
 
@@ -289,22 +273,14 @@ async def test_a_handler_that_does_not_read_stalls_no_other_call(service: Stream
 async def test_shutdown_ends_open_bidi_calls_unavailable(http2: str) -> None:
     service = StreamingService()
     server = Server(service.handlers(), config=ServerConfig(http2=http2))
-    async with trio.open_nursery() as nursery:
-
-        async def connect() -> trio.abc.Stream:
-            client, server_side = trio.testing.memory_stream_pair()
-            nursery.start_soon(server.serve_stream, server_side)
-            return client
-
-        async with open_channel("memory:1", connector=connect) as channel, \
-                channel.stream_stream(HANG, timeout=WAIT) as stream:
-            with trio.fail_after(WAIT):
-                await service.hang_started.wait()
-            with trio.fail_after(WAIT):
-                await server.shutdown(grace=0)
-            with pytest.raises(RpcError) as info:
-                await stream.receive()
-        nursery.cancel_scope.cancel()
+    async with memory_channel_to(server) as channel, \
+            channel.stream_stream(HANG, timeout=WAIT) as stream:
+        with trio.fail_after(WAIT):
+            await service.hang_started.wait()
+        with trio.fail_after(WAIT):
+            await server.shutdown(grace=0)
+        with pytest.raises(RpcError) as info:
+            await stream.receive()
     assert info.value.code is StatusCode.UNAVAILABLE
     assert service.hang_cancelled.is_set()
 
@@ -331,18 +307,9 @@ async def test_unparsable_request_mid_stream_is_internal(http2: str) -> None:
 
     server = Server([stream_unary("/t.S/Collect", collect, strict, bytes)],
                     config=ServerConfig(http2=http2))
-    async with trio.open_nursery() as nursery:
-
-        async def connect() -> trio.abc.Stream:
-            client, server_side = trio.testing.memory_stream_pair()
-            nursery.start_soon(server.serve_stream, server_side)
-            return client
-
-        async with open_channel("memory:1", connector=connect) as channel:
-            with pytest.raises(RpcError) as info:
-                await channel.stream_unary("/t.S/Collect", [b"ok", b"bad", b"never"],
-                                           timeout=WAIT)
-        nursery.cancel_scope.cancel()
+    async with memory_channel_to(server) as channel:
+        with pytest.raises(RpcError) as info:
+            await channel.stream_unary("/t.S/Collect", [b"ok", b"bad", b"never"], timeout=WAIT)
     assert info.value.code is StatusCode.INTERNAL
     assert "error unmarshalling request" in info.value.message
     assert seen == [b"ok"]
