@@ -26,6 +26,16 @@ from .memory_channel import memory_channel_to
 WAIT = 10.0
 
 
+async def v1_request_fails(server: Server, request: v1.ServerReflectionRequest) -> RpcError:
+    """The error the v1 reflection stream of ``server`` ends with after ``request``."""
+    async with memory_channel_to(server) as channel, \
+            channel.stream_stream(METHOD_PATHS["v1"], timeout=WAIT) as stream:
+        await stream.send(request.SerializeToString())
+        with pytest.raises(RpcError) as info:
+            await stream.receive()
+    return info.value
+
+
 def _app_file() -> bytes:
     proto = descriptor_pb2.FileDescriptorProto(name="app/app.proto", package="app",
                                                syntax="proto3")
@@ -75,21 +85,13 @@ async def test_only_the_versions_asked_for_are_served() -> None:
     assert METHOD_PATHS["v1"] not in server.methods
     with pytest.raises(ValueError, match="unknown reflection version"):
         add_reflection(Server(), versions=("v2",))  # type: ignore[arg-type]
-    async with memory_channel_to(server) as channel, \
-            channel.stream_stream(METHOD_PATHS["v1"], timeout=WAIT) as stream:
-        await stream.send(v1.ServerReflectionRequest(list_services="").SerializeToString())
-        with pytest.raises(RpcError) as info:
-            await stream.receive()
+    error = await v1_request_fails(server, v1.ServerReflectionRequest(list_services=""))
     # A client trying v1 first learns to fall back to v1alpha.
-    assert info.value.code is StatusCode.UNIMPLEMENTED
+    assert error.code is StatusCode.UNIMPLEMENTED
 
 
 async def test_a_request_without_a_kind_ends_the_call_invalid_argument() -> None:
     server = Server()
     add_reflection(server)
-    async with memory_channel_to(server) as channel, \
-            channel.stream_stream(METHOD_PATHS["v1"], timeout=WAIT) as stream:
-        await stream.send(v1.ServerReflectionRequest(host="h").SerializeToString())
-        with pytest.raises(RpcError) as info:
-            await stream.receive()
-    assert info.value.code is StatusCode.INVALID_ARGUMENT
+    error = await v1_request_fails(server, v1.ServerReflectionRequest(host="h"))
+    assert error.code is StatusCode.INVALID_ARGUMENT
