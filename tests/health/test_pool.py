@@ -231,19 +231,6 @@ class AppBackend(MemoryBackend):
             await send(f"{self.name}{i}".encode())
 
 
-def app_backends(nursery: trio.Nursery, *addresses: str) -> dict[str, AppBackend]:
-    """A healthy AppBackend per address, named by the address's first letter."""
-    return {address: AppBackend(nursery, address[0]) for address in addresses}
-
-
-@asynccontextmanager
-async def settled_pool(table: Mapping[str, MemoryBackend]) -> AsyncIterator[HealthyPool]:
-    """A pool over ``table``'s addresses, yielded once every one of them is healthy."""
-    async with open_pool(list(table), open_channel_for=opener(table)) as pool:
-        await settle(pool, tuple(table))
-        yield pool
-
-
 class Answers:
     """An injected resolver: the test sets ``answer`` (a list, or an exception to raise)."""
 
@@ -379,7 +366,7 @@ async def test_no_healthy_backend_resolves_again_at_once(
         autojump_clock: trio.testing.MockClock) -> None:
     answers = Answers("a:1")
     async with trio.open_nursery() as nursery:
-        table = app_backends(nursery, "a:1", "b:1")
+        table = {"a:1": AppBackend(nursery, "a"), "b:1": AppBackend(nursery, "b")}
         async with open_pool("svc:1", resolver=answers, resolve_interval=30,
                              min_resolve_interval=5, open_channel_for=opener(table)) as pool:
             t0 = answers.asked[0]
@@ -420,7 +407,7 @@ async def test_leaving_backend_drains_calls_in_flight(
         autojump_clock: trio.testing.MockClock) -> None:
     answers = Answers("a:1", "b:1")
     async with trio.open_nursery() as nursery:
-        table = app_backends(nursery, "a:1", "b:1")
+        table = {"a:1": AppBackend(nursery, "a"), "b:1": AppBackend(nursery, "b")}
         async with open_pool("svc:1", resolver=answers, resolve_interval=10,
                              open_channel_for=opener(table)) as pool:
             await settle(pool, ("a:1", "b:1"))
@@ -446,7 +433,7 @@ async def test_drain_is_bounded_by_drain_timeout(
         autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
     answers = Answers("a:1")
     async with trio.open_nursery() as nursery:
-        table = app_backends(nursery, "a:1", "b:1")
+        table = {"a:1": AppBackend(nursery, "a"), "b:1": AppBackend(nursery, "b")}
         async with open_pool("svc:1", resolver=answers, resolve_interval=10, drain_timeout=15,
                              open_channel_for=opener(table)) as pool:
             await settle(pool, ("a:1",))
@@ -471,7 +458,7 @@ async def test_drain_is_bounded_by_drain_timeout(
 async def test_unary_unary_goes_only_to_healthy_backends(
         autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        table = app_backends(nursery, *ADDRS)
+        table = {a: AppBackend(nursery, a[0]) for a in ADDRS}
         table["b:1"].set(ServingStatus.NOT_SERVING)
         async with open_pool(ADDRS, open_channel_for=opener(table)) as pool:
             await settle(pool, ("a:1", "c:1"))
@@ -501,7 +488,8 @@ async def test_unary_unary_retries_once_after_a_refused_connection(
         # No health service: both count as healthy for good (A17), so a backend that went
         # away is still picked; the connection to it is refused.
         table = {"a:1": AppBackend(nursery, "a", None), "b:1": AppBackend(nursery, "b", None)}
-        async with settled_pool(table) as pool:
+        async with open_pool(["a:1", "b:1"], open_channel_for=opener(table)) as pool:
+            await settle(pool, ("a:1", "b:1"))
             assert (await pool.unary_unary(WHO, b"")).response == b"a"
             assert (await pool.unary_unary(WHO, b"")).response == b"b"
             await table["a:1"].down()
@@ -540,7 +528,8 @@ async def test_the_retry_gets_what_is_left_of_the_deadline(
     async with trio.open_nursery() as nursery:
         slow = SlowToRefuse(nursery, "a", None)
         table = {"a:1": slow, "b:1": AppBackend(nursery, "b", None)}
-        async with settled_pool(table) as pool:
+        async with open_pool(["a:1", "b:1"], open_channel_for=opener(table)) as pool:
+            await settle(pool, ("a:1", "b:1"))
             await slow.down()
             slow.delay = 3
             t0 = trio.current_time()
@@ -559,8 +548,9 @@ async def test_the_retry_gets_what_is_left_of_the_deadline(
 async def test_errors_after_the_server_processed_the_call_are_not_retried(
         autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        table = app_backends(nursery, "a:1", "b:1")
-        async with settled_pool(table) as pool:
+        table = {"a:1": AppBackend(nursery, "a"), "b:1": AppBackend(nursery, "b")}
+        async with open_pool(["a:1", "b:1"], open_channel_for=opener(table)) as pool:
+            await settle(pool, ("a:1", "b:1"))
             with pytest.raises(RpcError, match="a is overloaded") as info:
                 await pool.unary_unary(FAIL, b"")
             assert info.value.code is StatusCode.UNAVAILABLE
@@ -571,8 +561,9 @@ async def test_errors_after_the_server_processed_the_call_are_not_retried(
 async def test_unary_stream_round_robin_and_metadata(
         autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        table = app_backends(nursery, "a:1", "b:1")
-        async with settled_pool(table) as pool:
+        table = {"a:1": AppBackend(nursery, "a"), "b:1": AppBackend(nursery, "b")}
+        async with open_pool(["a:1", "b:1"], open_channel_for=opener(table)) as pool:
+            await settle(pool, ("a:1", "b:1"))
             seen = []
             for _ in range(2):
                 async with pool.unary_stream(STREAM, b"", timeout=5) as stream:
