@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from health.pool import HealthyPool, open_pool
 from health.service import HealthServer
 from health.status import ServingStatus
+from tests.tasks import count_tasks
 
 SERVICE = "bench.Pool"
 
@@ -70,20 +71,6 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def count_tasks() -> int:
-    """Every task of this Trio run."""
-    root = trio.lowlevel.current_root_task()
-    assert root is not None  # called inside trio.run
-    todo = [root]
-    seen = 0
-    while todo:
-        task = todo.pop()
-        seen += 1
-        for nursery in task.child_nurseries:
-            todo.extend(nursery.child_tasks)
-    return seen
 
 
 # ---------------------------------------------------------------------- the server process

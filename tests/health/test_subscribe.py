@@ -15,6 +15,7 @@ from health.service import WATCH_PATH, HealthServer
 from health.status import ServingStatus
 from health.status_map import HealthState
 from health.subscriptions import Subscription, SubscriptionRegistry
+from tests.tasks import count_tasks
 from tests.wire.h2client import grpc_frame, open_memory_client
 from tests.wire.rawconn import BOUND
 from wire import ServerOptions, StatusCode
@@ -182,18 +183,6 @@ def response(status: ServingStatus) -> bytes:
 
 def request(service: str) -> bytes:
     return grpc_frame(HealthCheckRequest(service=service).SerializeToString())
-
-
-def count_tasks() -> int:
-    """Every task in the run."""
-    count = 0
-    stack = [trio.lowlevel.current_root_task()]
-    while stack:
-        task = stack.pop()
-        count += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return count
 
 
 async def test_idle_watch_streams_have_no_task() -> None:
