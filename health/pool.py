@@ -590,6 +590,9 @@ def _running(make: Callable[_P, HealthyPool]
         if error is not None:
             raise error
 
+    # So that help() and inspect show HealthyPool's parameters, not (*args, **kwargs).
+    open_pool.__signature__ = inspect.signature(make).replace(  # type: ignore[attr-defined]
+        return_annotation="AbstractAsyncContextManager[HealthyPool]")
     return open_pool
 
 
