@@ -15,7 +15,13 @@ import trio.testing
 
 from health import HealthState, ServingStatus, serve_health
 from health.config import ConfigError, TlsConfig, load_config, parse_config
-from health.sidecar import SidecarProcess, build_check, build_runner, run_sidecar
+from health.sidecar import (
+    SidecarProcess,
+    StartupError,
+    build_check,
+    build_runner,
+    run_sidecar,
+)
 
 from .loopback import tcp_server
 
@@ -68,7 +74,7 @@ def test_the_process_refuses_a_bad_certificate(tmp_path: Path) -> None:
     (tmp_path / "cert.pem").write_text("x")
     config = parse_config("", base=tmp_path)
     bad_tls = TlsConfig(tmp_path / "cert.pem", None)
-    with pytest.raises(ValueError, match="certificate"):
+    with pytest.raises(StartupError, match=r"^--tls-cert: invalid certificate file .*cert\.pem"):
         SidecarProcess(type(config)(tls=bad_tls))
 
 
