@@ -369,6 +369,8 @@ class SidecarProcess:
                 nursery, partial(self.admin.serve_tcp, host, config.admin_port),
                 partial(_bind_problem, host_flag="--admin-host", port_flag="--admin-port",
                         host=host, port=config.admin_port))
+        # Logged once every port is bound: a failure to start is then the only line.
+        self._log_listening()
         # Every configured check has run once before we announce ourselves.
         await nursery.start(self.sidecar.run)
         announce(f"listening {self.server.address if config.unix else self.server.port}")
@@ -394,20 +396,21 @@ class SidecarProcess:
 
     async def _listen(self, nursery: trio.Nursery) -> None:
         config = self.config
-        engine = f"http2={config.http2}"
         if config.unix:
             await _start_listening(
                 nursery, partial(self.server.serve_unix, config.unix),
                 lambda exc: f"--unix {config.unix}: cannot listen: {exc.strerror or exc}")
-            logger.info("health server listening on %s (%s)", config.unix, engine)
             return
         await _start_listening(
             nursery, partial(self.server.serve_tcp, config.host, config.port,
                              ssl_context=self.ssl_context),
             partial(_bind_problem, host_flag="--host", port_flag="--port", host=config.host,
                     port=config.port))
-        host, port = self.server.address
-        logger.info("health server listening on %s (%s%s)", format_address(host, port), engine,
+
+    def _log_listening(self) -> None:
+        config = self.config
+        where = config.unix if config.unix else format_address(*self.server.address)
+        logger.info("health server listening on %s (http2=%s%s)", where, config.http2,
                     ", TLS" if self.ssl_context is not None else "")
 
     async def _watch_tls(self, tls: ServerTLS) -> None:
