@@ -39,6 +39,8 @@ from .test_serve import (
     serve,
 )
 
+SIDECAR_MANIFEST = Path(__file__).resolve().parents[2] / "examples" / "kubernetes" / "sidecar.yaml"
+
 
 async def wait_for_log(served: Served, text: str, count: int = 1) -> str:
     """Poll the process's stderr until ``text`` appears ``count`` times; return the log."""
@@ -401,3 +403,36 @@ async def test_other_bind_failures_name_the_flag(tmp_path: Path) -> None:
     # 192.0.2.1 (TEST-NET-1) is no address of this machine: binding fails, nothing is sent.
     with pytest.raises(StartupError, match=r"^--host 192\.0\.2\.1: not an address of this machine"):
         await SidecarProcess(SidecarConfig(host="192.0.2.1", port=0)).run()
+
+
+# ------------------------------------------------------------------ the shipped manifest
+
+
+async def test_the_sidecar_manifest_command_line_runs(tmp_path: Path) -> None:
+    import yaml
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all(SIDECAR_MANIFEST.read_text()) if d}
+    config = tmp_path / "health.toml"
+    config.write_text(docs["ConfigMap"]["data"]["health.toml"])
+    token = tmp_path / "token"
+    token.write_text("manifest-token\n")
+    [health] = [c for c in docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+                if c["name"] == "health"]
+    command, *flags = health["args"]
+    assert command == "serve"
+    # The pod's files are here instead; everything else is the manifest's, with loopback
+    # and port 0 instead of the pod's addresses (--port 0 and --admin-port 0 come from serve()).
+    local = {"--config": str(config), "--admin-token-file": str(token),
+             "--admin-host": "127.0.0.1"}
+    args = []
+    for flag in flags:
+        name, _, value = flag.partition("=")
+        args.append(f"{name}={local.get(name, value)}")
+    async with serve(tmp_path, *args, "--host", "127.0.0.1") as served:
+        assert await check(served, "liveness") == SERVING
+        assert served.admin_port is not None
+        assert await in_thread(_admin, served.admin_port, "POST", "/drain") == 401
+        served.process.send_signal(signal.SIGTERM)
+        log = await wait_for_log(served, "shutdown delay: NOT_SERVING for 5.0 s")
+        assert await check(served, "liveness") == NOT_SERVING
+        assert "metrics need prometheus_client" not in log
