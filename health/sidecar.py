@@ -151,9 +151,10 @@ def server_tls(tls: TlsConfig | None) -> ServerTLS | None:
                          require_client_cert=tls.require_client_cert)
     except TLSConfigError as exc:
         message = str(exc)
-        # The error names the file it refused (its repr); name that file's flag in front.
-        flag = next((flag for flag, path in files
-                     if path is not None and repr(str(path)) in message), "--tls-cert")
+        # The error names the file it refused (its repr) first; name that file's flag in front.
+        named = [(message.find(repr(str(path))), flag) for flag, path in files
+                 if path is not None and repr(str(path)) in message]
+        flag = min(named)[1] if named else "--tls-cert"
         if tls.require_client_cert and tls.client_ca is None:
             flag, message = "--require-client-cert", "needs --tls-client-ca"
         raise StartupError(f"{flag}: {message}") from None

@@ -8,8 +8,10 @@ trustme. Waiting on the log is a bounded poll of the process's stderr file.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
+import os
 import signal
 import socket
 import ssl
@@ -436,3 +438,99 @@ async def test_the_sidecar_manifest_command_line_runs(tmp_path: Path) -> None:
         log = await wait_for_log(served, "shutdown delay: NOT_SERVING for 5.0 s")
         assert await check(served, "liveness") == NOT_SERVING
         assert "metrics need prometheus_client" not in log
+
+
+# ------------------------------------------------------------------ in process
+
+
+def test_json_formatter_fields_and_tracebacks() -> None:
+    import logging
+
+    from health.logs import JsonFormatter
+
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = logging.getLogger("health.x").makeRecord(
+            "health.x", logging.ERROR, __file__, 1, "failed %s", ("here",), sys.exc_info(),
+            extra={"peer": ("127.0.0.1", 5), "service": "s"}, sinfo="stack here")
+    entry = json.loads(JsonFormatter().format(record))
+    assert (entry["level"], entry["logger"], entry["message"]) == ("ERROR", "health.x",
+                                                                    "failed here")
+    assert (entry["peer"], entry["service"]) == ("('127.0.0.1', 5)", "s")
+    assert "RuntimeError: boom" in entry["exception"]
+    assert entry["stack"] == "stack here"
+
+
+def test_configure_logging_holds_the_header_loggers_quiet() -> None:
+    import io
+    import logging
+
+    from health.logs import configure_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level,
+             [logging.getLogger(n).level for n in ("hpack", "h2")])
+    out = io.StringIO()
+    try:
+        configure_logging("DEBUG", "json", out)
+        assert logging.getLogger("hpack.hpack").getEffectiveLevel() == logging.WARNING
+        logging.getLogger("hpack.hpack").debug("header value s3cret")
+        logging.getLogger("wire.server").debug("connection opened")
+        configure_logging("ERROR", "text", out)
+        assert logging.getLogger("h2").level == logging.ERROR
+        with pytest.raises(ValueError, match="log format"):
+            configure_logging("INFO", "xml")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name, level in zip(("hpack", "h2"), saved[2], strict=True):
+            logging.getLogger(name).setLevel(level)
+    assert "s3cret" not in out.getvalue()
+    assert json.loads(out.getvalue().splitlines()[0])["message"] == "connection opened"
+
+
+def test_bind_problems_name_the_flag() -> None:
+    from health.sidecar import _bind_problem
+
+    def problem(code: int) -> str:
+        return _bind_problem(OSError(code, os.strerror(code)), "--admin-host", "--admin-port",
+                             "::1", 80)
+
+    assert problem(errno.EACCES) == "--admin-port 80: permission denied to listen on [::1]:80"
+    assert problem(errno.EADDRINUSE) == "--admin-port 80: [::1]:80 is already in use"
+    assert problem(errno.ENOBUFS).startswith("--admin-host ::1 --admin-port 80: cannot listen: ")
+
+
+def test_server_tls_names_the_flag(tmp_path: Path) -> None:
+    from health.config import TlsConfig
+    from health.sidecar import server_tls
+
+    leaf = trustme.CA().issue_cert("localhost")
+    cert, key, other = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "o.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    trustme.CA().issue_cert("x").private_key_pem.write_to_path(str(other))
+    assert server_tls(None) is None
+    assert server_tls(TlsConfig(cert, key)) is not None
+    with pytest.raises(StartupError, match=r"^--tls-key: key file .* does not match"):
+        server_tls(TlsConfig(cert, other))
+    with pytest.raises(StartupError, match=r"^--tls-client-ca: invalid CA file"):
+        server_tls(TlsConfig(cert, key, client_ca=key))
+    with pytest.raises(StartupError, match=r"^--require-client-cert: needs --tls-client-ca$"):
+        server_tls(TlsConfig(cert, key, require_client_cert=True))
+
+
+async def test_a_failure_other_than_binding_is_not_hidden(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    process = SidecarProcess(SidecarConfig(port=0))
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug, not a bind failure")
+
+    monkeypatch.setattr(process.server, "serve_tcp", broken)
+    # Grouped by the nursery, which is what a bug should look like: it is not a flag error.
+    with pytest.raises(Exception) as info:  # noqa: PT011 (a group: its member is checked)
+        await process.run()
+    assert info.group_contains(RuntimeError, match="a bug")
+    assert not info.group_contains(StartupError)
