@@ -149,6 +149,9 @@ def _serve_parser(prog: str = f"{DEFAULT_PROG} serve") -> argparse.ArgumentParse
     p.add_argument("--metrics", action="store_true", default=False,
                    help="serve Prometheus metrics at GET /metrics on the admin port (needs "
                         "the metrics extra)")
+    p.add_argument("--no-reflection", dest="reflection", action="store_false", default=True,
+                   help="do not serve gRPC server reflection (on by default: grpcurl lists "
+                        "and describes the Health service without a .proto file)")
     p.add_argument("--http2", choices=HTTP2_ENGINES, default="h2",
                    help="HTTP/2 engine: the h2 library or our native codec (default "
                         "%(default)s)")

@@ -24,6 +24,7 @@ Schema (every key optional unless marked required; unknown keys are errors, to c
     http2 = "h2"                # HTTP/2 engine: "h2" (the h2 library) or "native"
     list_limit = 100            # most services List returns
     metrics = false             # GET /metrics on the admin port (needs admin_port)
+    reflection = true           # gRPC server reflection (grpcurl list/describe); false: off
     aggregate = true            # "" is the aggregate of every check (see health.checks)
     tls_cert = "server.pem"     # TLS files: must exist (relative to this file's folder);
     tls_key = "server.key"      #   cert and key go together
@@ -124,7 +125,7 @@ CHECK_TYPES = ("tcp", "http", "command", "grpc")
 #: The SidecarConfig fields that ``serve`` flags of the same name (``--admin-port`` ->
 #: ``admin_port``) also set; the flag wins over the file.
 FLAG_SETTINGS = ("host", "port", "unix", "admin_port", "admin_host", "admin_token_file", "grace",
-                 "shutdown_delay", "list_limit", "metrics", "http2")
+                 "shutdown_delay", "list_limit", "metrics", "reflection", "http2")
 
 #: The HTTP/2 engines ``server.http2`` and ``serve --http2`` choose from.
 HTTP2_ENGINES: tuple[EngineName, ...] = ENGINES
@@ -304,6 +305,8 @@ class SidecarConfig:
     list_limit: int = DEFAULT_LIST_LIMIT
     metrics: bool = False
     http2: EngineName = "h2"
+    #: Serve gRPC server reflection describing the Health service (``--no-reflection``: off).
+    reflection: bool = True
     aggregate: bool = True
     tls: TlsConfig | None = None
     services: tuple[ServiceConfig, ...] = ()
@@ -517,6 +520,7 @@ class _Loader:
         list_limit = server.integer("list_limit", DEFAULT_LIST_LIMIT, 0)
         metrics = server.boolean("metrics", False)
         http2 = cast("EngineName", server.choice("http2", "h2", HTTP2_ENGINES))
+        reflection = server.boolean("reflection", True)
         aggregate = server.boolean("aggregate", True)
         tls = self._tls(server)
         server.finish()
@@ -551,7 +555,8 @@ class _Loader:
             path=Path(self.file) if self.file else None, host=host, port=port, unix=unix,
             admin_port=admin_port, admin_host=admin_host, admin_token_file=admin_token_file,
             grace=grace, shutdown_delay=shutdown_delay, list_limit=list_limit, metrics=metrics,
-            http2=http2, aggregate=aggregate, tls=tls, services=tuple(services))
+            http2=http2, reflection=reflection, aggregate=aggregate, tls=tls,
+            services=tuple(services))
 
     def _tls(self, server: _Table) -> TlsConfig | None:
         cert = server.file("tls_cert")

@@ -72,9 +72,9 @@ def test_empty_file_gives_the_serve_defaults() -> None:
                                      "admin_port": None, "admin_host": None,
                                      "admin_token_file": None, "grace": 5.0,
                                      "shutdown_delay": 0.0, "list_limit": 100,
-                                     "metrics": False, "http2": "h2", "tls_cert": None,
-                                     "tls_key": None, "tls_client_ca": None,
-                                     "require_client_cert": False}
+                                     "metrics": False, "http2": "h2", "reflection": True,
+                                     "tls_cert": None, "tls_key": None,
+                                     "tls_client_ca": None, "require_client_cert": False}
     assert config.initial_statuses() == {}
 
 
