@@ -524,11 +524,10 @@ class _Loader:
         aggregate = server.boolean("aggregate", True)
         tls = self._tls(server)
         server.finish()
-        if admin_port is None:
-            for key, value in (("metrics", metrics), ("admin_host", admin_host),
-                               ("admin_token_file", admin_token_file)):
-                if value:
-                    raise server.error(key, "is for the admin port: set admin_port")
+        # admin_host and admin_token_file without admin_port are refused by ``serve`` once
+        # its flags are applied (--admin-port may come from the command line).
+        if metrics and admin_port is None:
+            raise server.error("metrics", "metrics are served on the admin port: set admin_port")
         if unix is not None and "port" in server.data:
             raise server.error("unix", "listens instead of port: set one of them, not both")
         if admin_host == "" or host == "":

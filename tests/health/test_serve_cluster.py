@@ -343,6 +343,8 @@ def _file(path: Path, text: str) -> str:
      "--admin-token-file: admin token file"),
     (lambda d: ["--admin-token-file", "t"], "--admin-token-file needs --admin-port"),
     (lambda d: ["--admin-host", "::1"], "--admin-host needs --admin-port"),
+    (lambda d: ["--config", _file(d / "a.toml", "[server]\nadmin_host = '::1'\n")],
+     "--admin-host needs --admin-port (or admin_port in the config file)"),
     (lambda d: ["--shutdown-delay", "soon"], "argument --shutdown-delay: not a number"),
     (lambda d: ["--http2", "h3"], "argument --http2: invalid choice: 'h3'"),
     (lambda d: ["--log-level", "loud"], "argument --log-level: invalid choice: 'LOUD'"),
@@ -534,3 +536,10 @@ async def test_a_failure_other_than_binding_is_not_hidden(
         await process.run()
     assert info.group_contains(RuntimeError, match="a bug")
     assert not info.group_contains(StartupError)
+
+
+async def test_admin_host_from_the_file_with_the_port_from_a_flag(tmp_path: Path) -> None:
+    config = tmp_path / "health.toml"
+    config.write_text('[server]\nadmin_host = "127.0.0.1"\n')
+    async with serve(tmp_path, "--config", str(config)) as served:
+        await wait_for_log(served, f"admin API on http://127.0.0.1:{served.admin_port}")
