@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from health import ServingStatus
 from health.config import (
     CommandProbeConfig,
     ConfigError,
@@ -19,12 +18,7 @@ from health.config import (
     parse_config,
 )
 
-SERVING = ServingStatus.SERVING
-NOT_SERVING = ServingStatus.NOT_SERVING
-UNKNOWN = ServingStatus.UNKNOWN
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "health.toml"
-REAL_TIMEOUT = 10.0
+from .constants import EXAMPLE, NOT_SERVING, SERVING, UNKNOWN
 
 
 def bad(text: str, tmp_path: Path | None = None) -> ConfigError:

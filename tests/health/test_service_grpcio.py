@@ -22,14 +22,11 @@ import pytest
 import trio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from health import HealthServer, HealthService, HealthState, ServingStatus
+from health import HealthServer, HealthService, HealthState
 from health.service import CHECK_PATH, LIST_PATH, WATCH_PATH
 from wire import Server, ServerCall, ServerConfig, ServerOptions, unary_unary
 
-SERVING = ServingStatus.SERVING
-NOT_SERVING = ServingStatus.NOT_SERVING
-UNKNOWN = ServingStatus.UNKNOWN
-SERVICE_UNKNOWN = ServingStatus.SERVICE_UNKNOWN
+from .constants import NOT_SERVING, SERVICE_UNKNOWN, SERVING, UNKNOWN
 
 #: Deadline of every grpcio unary call; a backstop only, tests bound themselves tighter.
 RPC_TIMEOUT = 10.0
