@@ -1,4 +1,4 @@
-"""Names several health test modules share: the serving statuses by their spec names and the
+"""Names health test modules share: the serving statuses by their spec names and the
 example configuration shipped in ``examples/``."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from health import HealthState, serve_health
+from health import HealthState, ServingStatus, serve_health
 from health.config import ConfigError, TlsConfig, load_config, parse_config
 from health.sidecar import (
     SidecarProcess,
@@ -23,8 +23,13 @@ from health.sidecar import (
     run_sidecar,
 )
 
-from .constants import EXAMPLE, NOT_SERVING, SERVING, UNKNOWN
 from .loopback import tcp_server
+
+SERVING = ServingStatus.SERVING
+NOT_SERVING = ServingStatus.NOT_SERVING
+UNKNOWN = ServingStatus.UNKNOWN
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "health.toml"
 
 #: For checks against real servers: long enough for a slow CI box, never reached when passing.
 REAL_TIMEOUT = 10.0
