@@ -43,6 +43,8 @@ class BlackholeProxy:
         self.port = 0
         self._black = False
         self._pairs: set[_Pair] = set()
+        self._empty = trio.Event()
+        self._empty.set()
         #: Connections accepted so far (black ones included).
         self.accepted = 0
         #: Bytes read and thrown away while black, both directions.
@@ -57,6 +59,10 @@ class BlackholeProxy:
     def open_connections(self) -> int:
         """Connections whose client side is still open."""
         return len(self._pairs)
+
+    async def wait_no_connections(self) -> None:
+        """Return once no proxied connection is open."""
+        await self._empty.wait()
 
     def blackhole(self) -> None:
         """Silence every connection, open and future, in both directions."""
@@ -73,6 +79,8 @@ class BlackholeProxy:
         pair = _Pair(client, self._black)
         self.accepted += 1
         self._pairs.add(pair)
+        if self._empty.is_set():
+            self._empty = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
                 if not pair.black:
@@ -85,6 +93,8 @@ class BlackholeProxy:
                 nursery.start_soon(self._pump, pair, client, pair.upstream)
         finally:
             self._pairs.discard(pair)
+            if not self._pairs:
+                self._empty.set()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(client)
                 if pair.upstream is not None:

@@ -14,6 +14,7 @@ class _EchoServer:
     def __init__(self) -> None:
         self.accepted = 0
         self.eofs = 0
+        self.eof_seen = trio.Event()
 
     async def handle(self, stream: trio.SocketStream) -> None:
         self.accepted += 1
@@ -25,6 +26,7 @@ class _EchoServer:
                     data = b""
                 if not data:
                     self.eofs += 1
+                    self.eof_seen.set()
                     return
                 await stream.send_all(data)
 
@@ -93,11 +95,9 @@ async def test_a_live_path_passes_the_close_on() -> None:
             assert await _recv_within(client, 5) == b"x"
             await client.aclose()
             with trio.fail_after(5):
-                while echo.eofs == 0:
-                    await trio.sleep(0.01)
-            with trio.fail_after(5):
-                while proxy.open_connections:
-                    await trio.sleep(0.01)
+                await echo.eof_seen.wait()
+                await proxy.wait_no_connections()
+            assert proxy.open_connections == 0
         nursery.cancel_scope.cancel()
 
 
