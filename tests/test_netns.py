@@ -3,6 +3,7 @@ and the namespaces are gone afterwards."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -73,8 +74,8 @@ def test_partition_silences_the_path_and_heal_restores_it() -> None:
 
 def test_the_reason_is_given_where_namespaces_are_not_allowed(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
-    monkeypatch.setattr(netns.sys, "platform", "linux")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(sys, "platform", "linux")
     assert netns.netns_unavailable() == "creating network namespaces needs root"
     with pytest.raises(pytest.skip.Exception, match="needs root"):
         netns.require_netns()
