@@ -7,8 +7,15 @@ Check and returns grpc_health_probe's exit codes:
     0 SERVING; 1 bad arguments or TLS files; 2 connection failure or timeout;
     3 RPC failure (NOT_FOUND, UNIMPLEMENTED, DEADLINE_EXCEEDED, ...); 4 status other than SERVING
 
+Flags parse as Go's flag package does: parsing stops at the first non-flag argument (or after
+``--``) and the rest is ignored; ``-h`` prints the usage on stderr and exits 1. As grpc-go dials,
+an address without a port means port 443, and a refused connection is retried (with a short
+backoff) until ``-connect-timeout``, so a server that starts listening meanwhile is reached.
+
 Messages go to stderr in grpc_health_probe's words ("status: SERVING", "error: health rpc
-failed: ...", "timeout: failed to connect service ..."). Beyond it:
+failed: ...", "timeout: failed to connect service ..."), with a hint where the cause can be
+guessed: plaintext to a TLS port ("is it a TLS port? try -tls"), a client certificate the
+server refused, or a server that answers Check but not List. Beyond it:
 
 * several ``-service`` flags check each one on the same connection; the exit code is the worst
   outcome, ranked connection failure (2) > RPC failure (3) > not serving (4) > serving (0);
@@ -27,13 +34,16 @@ checking ``-tls-server-name`` when given.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
+import os
 import re
 import signal
 import ssl
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -55,6 +65,7 @@ __all__ = [
     "ProbeOptions",
     "UsageError",
     "build_ssl_context",
+    "dial_address",
     "format_duration",
     "main",
     "parse_args",
@@ -241,30 +252,57 @@ def _rpc_header(value: str) -> tuple[str, str | bytes]:
     return key, val
 
 
+def _split_flag(arg: str) -> tuple[str, str | None] | None:
+    """``(name, value or None)`` for a flag argument; None where Go's flag package stops."""
+    # Go's flag package: parsing stops just before the first non-flag argument ("-" is one)
+    # and just after "--"; grpc_health_probe ignores whatever follows.
+    if len(arg) < 2 or not arg.startswith("-") or arg == "--":
+        return None
+    name = arg[2:] if arg.startswith("--") else arg[1:]
+    if not name or name.startswith(("-", "=")):
+        raise UsageError(f"bad flag syntax: {arg}")
+    flag, sep, value = name.partition("=")
+    return flag, value if sep else None
+
+
+def _set_bool(opts: ProbeOptions, name: str, value: str | None) -> None:
+    flag = _parse_bool(name, value) if value is not None else True
+    attr = {"v": "verbose"}.get(name, name.replace("-", "_"))
+    setattr(opts, attr, flag)
+
+
+def _set_output(opts: ProbeOptions, value: str) -> None:
+    if value not in ("text", "json"):
+        raise UsageError(f"-output must be text or json (specified: {value!r})")
+    opts.output = value
+
+
+# Value flags that need more than storing the string.
+_SETTERS: dict[str, Callable[[ProbeOptions, str], None]] = {
+    "service": lambda o, v: o.services.append(v),
+    "connect-timeout": lambda o, v: setattr(o, "connect_timeout",
+                                            _duration_flag("connect-timeout", v)),
+    "rpc-timeout": lambda o, v: setattr(o, "rpc_timeout", _duration_flag("rpc-timeout", v)),
+    "wait": lambda o, v: setattr(o, "wait", _duration_flag("wait", v)),
+    "rpc-header": lambda o, v: o.rpc_headers.append(_rpc_header(v)),
+    "output": _set_output,
+}
+
+
 def parse_args(argv: Sequence[str]) -> ProbeOptions:
     """Parse and validate a grpc_health_probe command line; raise UsageError."""
     opts = ProbeOptions()
-    seen_service = False
     i = 0
     while i < len(argv):  # bounded: i grows every pass
-        arg = argv[i]
+        split = _split_flag(argv[i])
         i += 1
-        if arg == "--":
-            if i < len(argv):
-                raise UsageError(f"unexpected argument {argv[i]!r}")
+        if split is None:
             break
-        if not arg.startswith("-") or arg == "-":
-            raise UsageError(f"unexpected argument {arg!r}")
-        name = arg[2:] if arg.startswith("--") else arg[1:]
-        value: str | None = None
-        if "=" in name:
-            name, value = name.split("=", 1)
+        name, value = split
         if name in ("h", "help"):
             raise _HelpRequested
         if name in _BOOL_FLAGS:
-            flag = _parse_bool(name, value) if value is not None else True
-            attr = {"v": "verbose", "tls-no-verify": "tls_no_verify"}.get(name, name)
-            setattr(opts, attr.replace("-", "_"), flag)
+            _set_bool(opts, name, value)
             continue
         if name not in _VALUE_FLAGS:
             raise UsageError(f"flag provided but not defined: -{name}")
@@ -273,33 +311,63 @@ def parse_args(argv: Sequence[str]) -> ProbeOptions:
                 raise UsageError(f"flag needs an argument: -{name}")
             value = argv[i]
             i += 1
-        if name == "addr":
-            opts.addr = value
-        elif name == "service":
-            if not seen_service:
-                opts.services = []
-                seen_service = True
-            opts.services.append(value)
-        elif name == "connect-timeout":
-            opts.connect_timeout = _duration_flag(name, value)
-        elif name == "rpc-timeout":
-            opts.rpc_timeout = _duration_flag(name, value)
-        elif name == "wait":
-            opts.wait = _duration_flag(name, value)
-        elif name == "rpc-header":
-            opts.rpc_headers.append(_rpc_header(value))
-        elif name == "output":
-            if value not in ("text", "json"):
-                raise UsageError(f"-output must be text or json (specified: {value!r})")
-            opts.output = value
+        setter = _SETTERS.get(name)
+        if setter is not None:
+            setter(opts, value)
         else:
             setattr(opts, name.replace("-", "_"), value)
+    explicit_services = bool(opts.services)
     if not opts.services:
         opts.services = [""]
     if opts.version:
         return opts
     _validate(opts)
+    if opts.list and explicit_services:
+        raise UsageError("cannot specify -service with -list (List reports every service)")
     return opts
+
+
+def dial_address(addr: str) -> str:
+    """The address grpc-go dials for ``addr``: without a port, port 443 (its DNS resolver's)."""
+    if addr.startswith("unix:"):
+        return addr
+    scheme, rest = "", addr
+    for prefix in ("dns:///", "dns:"):
+        if rest.startswith(prefix):
+            scheme, rest = prefix, rest[len(prefix):]
+            break
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(rest)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return f"{scheme}[{rest}]:443" if ip.version == 6 else f"{scheme}{rest}:443"
+    if rest.startswith("["):
+        return addr if "]:" in rest else f"{scheme}{rest}:443"
+    if rest and ":" not in rest:
+        return f"{scheme}{rest}:443"
+    return addr
+
+
+# grpc_health_probe's TLS checks, in its order and words: (applies, message).
+_TLS_RULES: tuple[tuple[Callable[[ProbeOptions], bool], str], ...] = (
+    (lambda o: not o.tls and o.tls_no_verify,
+     "specified -tls-no-verify without specifying -tls"),
+    (lambda o: not o.tls and bool(o.tls_ca_cert),
+     "specified -tls-ca-cert without specifying -tls"),
+    (lambda o: not o.tls and bool(o.tls_client_cert),
+     "specified -tls-client-cert without specifying -tls"),
+    (lambda o: not o.tls and bool(o.tls_server_name),
+     "specified -tls-server-name without specifying -tls"),
+    (lambda o: bool(o.tls_client_cert) and not o.tls_client_key,
+     "specified -tls-client-cert without specifying -tls-client-key"),
+    (lambda o: not o.tls_client_cert and bool(o.tls_client_key),
+     "specified -tls-client-key without specifying -tls-client-cert"),
+    (lambda o: o.tls_no_verify and bool(o.tls_ca_cert),
+     "cannot specify -tls-ca-cert with -tls-no-verify (CA cert would not be used)"),
+    (lambda o: o.tls_no_verify and bool(o.tls_server_name),
+     "cannot specify -tls-server-name with -tls-no-verify (server name would not be used)"),
+)
 
 
 def _validate(opts: ProbeOptions) -> None:
@@ -307,7 +375,7 @@ def _validate(opts: ProbeOptions) -> None:
     if not opts.addr:
         raise UsageError("-addr not specified")
     try:
-        parse_target(opts.addr)
+        parse_target(dial_address(opts.addr))
     except ValueError as exc:
         raise UsageError(f"invalid -addr: {exc}") from None
     if opts.connect_timeout <= 0:
@@ -318,24 +386,9 @@ def _validate(opts: ProbeOptions) -> None:
                          f"{format_duration(opts.rpc_timeout)})")
     if opts.wait < 0:
         raise UsageError(f"-wait must not be negative (specified: {format_duration(opts.wait)})")
-    if not opts.tls and opts.tls_no_verify:
-        raise UsageError("specified -tls-no-verify without specifying -tls")
-    if not opts.tls and opts.tls_ca_cert:
-        raise UsageError("specified -tls-ca-cert without specifying -tls")
-    if not opts.tls and opts.tls_client_cert:
-        raise UsageError("specified -tls-client-cert without specifying -tls")
-    if not opts.tls and opts.tls_server_name:
-        raise UsageError("specified -tls-server-name without specifying -tls")
-    if opts.tls_client_cert and not opts.tls_client_key:
-        raise UsageError("specified -tls-client-cert without specifying -tls-client-key")
-    if not opts.tls_client_cert and opts.tls_client_key:
-        raise UsageError("specified -tls-client-key without specifying -tls-client-cert")
-    if opts.tls_no_verify and opts.tls_ca_cert:
-        raise UsageError("cannot specify -tls-ca-cert with -tls-no-verify (CA cert would not be "
-                         "used)")
-    if opts.tls_no_verify and opts.tls_server_name:
-        raise UsageError("cannot specify -tls-server-name with -tls-no-verify (server name "
-                         "would not be used)")
+    for applies, message in _TLS_RULES:
+        if applies(opts):
+            raise UsageError(message)
     if opts.watch and opts.list:
         raise UsageError("cannot specify -watch with -list")
     if opts.watch and opts.wait:
@@ -421,6 +474,39 @@ class _Output:
             print(json.dumps(doc, sort_keys=True), file=self.out, flush=True)
 
 
+# Pauses between connection attempts a refusal ends (doubling), within -connect-timeout.
+_RETRY_FIRST = 0.02
+_RETRY_MAX = 0.25
+# TLS alerts a server sends when it does not accept the client's certificate (or its absence).
+_CERT_ALERTS = re.compile(r"ALERT_(CERTIFICATE_REQUIRED|BAD_CERTIFICATE|UNKNOWN_CA|"
+                          r"CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_EXPIRED|"
+                          r"CERTIFICATE_REVOKED|ACCESS_DENIED)")
+
+
+def _refused(exc: ConnectError) -> bool:
+    return exc.reason.endswith(os.strerror(errno.ECONNREFUSED))
+
+
+def _connect_hint(opts: ProbeOptions, exc: ConnectError) -> str:
+    """A likely cause of a failed connection, in a few words ("" when there is no guess)."""
+    reason = exc.reason
+    if not opts.tls:
+        # A TLS server answers an HTTP/2 preface with an alert or by closing.
+        if reason.startswith(("the server closed the connection before its HTTP/2",
+                              "the server does not speak HTTP/2", "connection failed")):
+            return "is it a TLS port? try -tls"
+        return ""
+    # TLS 1.3: the client's handshake is done before the server checks the client
+    # certificate, so a refusal shows as an alert (or a bare close) right after it.
+    if _CERT_ALERTS.search(reason) or reason.startswith(
+            ("connection failed", "the server closed the connection before its HTTP/2")):
+        if opts.tls_client_cert:
+            return "the server refused the client certificate"
+        return ("the server refused the client certificate: it may require one "
+                "(-tls-client-cert, -tls-client-key)")
+    return ""
+
+
 def _worst(codes: Sequence[int]) -> int:
     return max(codes, key=lambda c: _SEVERITY.get(c, 0), default=EXIT_SERVING)
 
@@ -493,22 +579,14 @@ class _Probe:
         out.verbose("establishing connection")
         t0 = trio.current_time()
         async with open_channel(
-            opts.addr, connect_timeout=opts.connect_timeout, authority=opts.authority,
-            user_agent=opts.user_agent, ssl_context=self.ssl_context,
+            dial_address(opts.addr), connect_timeout=opts.connect_timeout,
+            authority=opts.authority, user_agent=opts.user_agent, ssl_context=self.ssl_context,
             server_hostname=server_hostname,
         ) as channel:
-            try:
-                await channel.connect()
-            except ConnectError as exc:
+            failure = await self._connect(channel)
+            if failure is not None:
                 if not quiet:
-                    if exc.timed_out:
-                        out.log(f"timeout: failed to connect service {_quote(opts.addr)} within "
-                                f"{format_duration(opts.connect_timeout)}")
-                    else:
-                        out.log(f"error: failed to connect service at {_quote(opts.addr)}: "
-                                f"{exc.reason}")
-                    out.emit({"addr": opts.addr, "exit_code": EXIT_CONNECTION_FAILURE,
-                              "error": exc.message})
+                    self._report_connect_failure(failure)
                 return EXIT_CONNECTION_FAILURE
             connected = trio.current_time() - t0
             out.verbose(f"connection established (took {format_duration(connected)})")
@@ -530,6 +608,44 @@ class _Probe:
                                   "error": o.error} for o in outcomes],
                 })
             return code
+
+    async def _connect(self, channel: wire.Channel) -> ConnectError | None:
+        """Connect, retrying a refused connection until -connect-timeout (grpc-go's blocking
+        dial does), so a server that starts listening meanwhile is reached."""
+        deadline = trio.current_time() + self.opts.connect_timeout
+        delay = _RETRY_FIRST
+        last: ConnectError | None = None
+        with trio.move_on_at(deadline):
+            while True:  # bounded by the -connect-timeout deadline
+                try:
+                    await channel.connect()
+                    return None
+                except ConnectError as exc:
+                    if exc.timed_out or not _refused(exc):
+                        return exc
+                    last = exc
+                self.output.verbose(f"connection refused; retrying in {format_duration(delay)}")
+                await trio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+        reason = "timed out; last attempt: connection refused" if last else "timed out"
+        return ConnectError(reason, target=self.opts.addr, timed_out=True)
+
+    def _report_connect_failure(self, exc: ConnectError) -> None:
+        opts, out = self.opts, self.output
+        hint = _connect_hint(opts, exc)
+        if exc.timed_out:
+            last = exc.reason.partition("last attempt: ")[2]
+            out.log(f"timeout: failed to connect service {_quote(opts.addr)} within "
+                    f"{format_duration(opts.connect_timeout)}"
+                    + (f" (last attempt: {last})" if last else ""))
+        else:
+            out.log(f"error: failed to connect service at {_quote(opts.addr)}: "
+                    f"{exc.reason}" + (f" ({hint})" if hint else ""))
+        doc: dict[str, Any] = {"addr": opts.addr, "exit_code": EXIT_CONNECTION_FAILURE,
+                               "error": exc.message}
+        if hint:
+            doc["hint"] = hint
+        out.emit(doc)
 
     def _rpc_error(self, exc: RpcError, prefix: str) -> str:
         opts = self.opts
@@ -569,7 +685,11 @@ class _Probe:
             statuses = await client.list(timeout=self.opts.rpc_timeout)
         except RpcError as exc:
             if not quiet:
-                out.log(self._rpc_error(exc, ""))
+                if exc.code is StatusCode.UNIMPLEMENTED and await self._answers_check(client):
+                    out.log("error: this server answers Check but does not implement List "
+                            f"(grpc.health.v1.Health/List): {exc.message}")
+                else:
+                    out.log(self._rpc_error(exc, ""))
                 out.emit({"addr": self.opts.addr, "exit_code": EXIT_RPC_FAILURE,
                           "error": str(exc)})
             return EXIT_RPC_FAILURE
@@ -581,6 +701,14 @@ class _Probe:
             out.emit({"addr": self.opts.addr, "exit_code": code,
                       "statuses": {k: v.name for k, v in sorted(statuses.items())}})
         return code
+
+    async def _answers_check(self, client: HealthClient) -> bool:
+        """True when the server implements Check (whatever it says about ``""``)."""
+        try:
+            await client.check("", timeout=self.opts.rpc_timeout)
+        except RpcError as exc:
+            return exc.code is not StatusCode.UNIMPLEMENTED
+        return True
 
     async def _watch(self, client: HealthClient) -> int:
         codes = self.watch_codes
@@ -619,8 +747,9 @@ def main(argv: list[str] | None = None, *, stdout: TextIO | None = None,
     try:
         opts = parse_args(args)
     except _HelpRequested:
-        print(_USAGE, file=out, end="")
-        return EXIT_SERVING
+        # Go's flag package: usage on stderr, and grpc_health_probe exits 1 after -h.
+        print(_USAGE, file=err, end="")
+        return EXIT_INVALID_ARGUMENTS
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_INVALID_ARGUMENTS

@@ -23,6 +23,10 @@ class ServingStatus(enum.IntEnum):
     # Only meaningful on a Watch stream: the server has no such service.
     SERVICE_UNKNOWN = 3
 
+    def __str__(self) -> str:
+        """The name (``print(status)`` shows ``SERVING``, not IntEnum's ``1``)."""
+        return self.name
+
 
 _VALID_NAMES = ", ".join(member.name for member in ServingStatus)
 

@@ -24,10 +24,22 @@ Outcomes
   deadline, rather than failing at once.
 * Flow control: a streaming call's messages are acknowledged to the server as the caller
   takes them, so a caller that stops reading stops the server after one window.
+
+Dead peers
+----------
+TCP sockets get TCP keepalive and TCP_USER_TIMEOUT (``ClientConfig.tcp_keepalive``; on by
+default). HTTP/2 PING keepalive follows grpc-go's ``keepalive.ClientParameters``: with
+``keepalive_time`` set, a connection that received nothing for that long is PINGed, and if no
+frame at all arrives within ``keepalive_timeout`` it is closed and its calls fail UNAVAILABLE.
+Without open calls it rests unless ``keepalive_without_calls``. GOAWAY ENHANCE_YOUR_CALM with
+``too_many_pings`` doubles the channel's interval, as grpc-go does. A connection known dead (a
+keepalive failure, a connection error, the server's GOAWAY, a lost socket) is never handed to a
+new call: the next call opens a new connection.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import ssl
 from collections import deque
@@ -37,20 +49,21 @@ from dataclasses import dataclass
 
 import trio
 
-from .client_connection import (
+from .client_connection import ClientConfig, ClientConnection, ServerProtocolError
+from .errors import RpcError
+from .events import (
     CallEnded,
-    ClientConfig,
-    ClientConnection,
     ClientEvent,
     ConnectionReady,
+    ConnectionTerminated,
     ResponseHeadersReceived,
     ResponseMessageReceived,
 )
-from .errors import ProtocolError, RpcError
-from .events import ConnectionTerminated
 from .framing import DEFAULT_MAX_MESSAGE_SIZE
+from .keepalive import TOO_MANY_PINGS
 from .metadata import Metadata, MetadataLike
-from .status import StatusCode
+from .sockopts import TcpKeepalive, apply_tcp_keepalive
+from .status import ErrorCode, StatusCode
 from .transport import Transport
 
 __all__ = [
@@ -61,6 +74,7 @@ __all__ = [
     "ResponseStream",
     "Target",
     "UnaryResponse",
+    "connect_tcp",
     "open_channel",
     "parse_target",
 ]
@@ -91,6 +105,32 @@ def describe_os_error(exc: BaseException) -> str:
         members = getattr(node, "exceptions", None)
         node = members[0] if members else node.__cause__
     return best
+
+
+async def connect_tcp(host: str, port: int,
+                      keepalive: TcpKeepalive | None = None) -> trio.SocketStream:
+    """Open a TCP connection with TCP keepalive set (``TcpKeepalive()`` unless told)."""
+    stream = await trio.open_tcp_stream(host, port)
+    try:
+        apply_tcp_keepalive(stream.socket, keepalive if keepalive is not None else TcpKeepalive())
+    except OSError:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream
+
+
+class _KeepaliveInterval:
+    """A channel's current PING keepalive interval, shared by its connections."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+
+    def back_off(self) -> None:
+        """The server said too_many_pings: ping half as often (grpc-go doubles the time)."""
+        if self.seconds is not None:
+            self.seconds *= 2
 
 
 class ConnectError(RpcError):
@@ -207,8 +247,16 @@ class _Call:
 class _Connection:
     """One HTTP/2 connection of a channel: its socket, its protocol state and its tasks."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, forget: Callable[[_Connection], None],
+                 keepalive: _KeepaliveInterval) -> None:
         self.channel = channel
+        # Tells the channel this connection takes no new calls (GOAWAY) or is over.
+        self._forget = forget
+        self._keepalive_interval = keepalive
+        # Reads so far and when the last one happened: what keepalive judges liveness by.
+        self._reads = 0
+        self._last_read = trio.current_time()
+        self._call_started = trio.Event()
         self.conn = ClientConnection(
             channel.config,
             scheme="https" if channel.ssl_context is not None else "http",
@@ -226,6 +274,12 @@ class _Connection:
     def usable(self) -> bool:
         """True while new calls may be started here."""
         return not self.conn.going_away
+
+    @property
+    def output_backlog(self) -> int:
+        """Bytes queued in the sans-I/O connection plus those the writer holds."""
+        held = self.transport.backlog if self.transport is not None else 0
+        return self.conn.output_backlog + held
 
     # ------------------------------------------------------------------ running
 
@@ -247,6 +301,8 @@ class _Connection:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._write, transport)
                 transport.wake()  # our SETTINGS ACK
+                if self._keepalive_interval.seconds is not None:
+                    nursery.start_soon(self._keepalive)
                 task_status.started(self)
                 with self.read_scope:
                     await self._read_loop(stream)
@@ -260,7 +316,7 @@ class _Connection:
         finally:
             reason = self.lost_reason or "connection closed"
             self._fail_all(self.conn.connection_lost(reason), reason)
-            self.channel._forget(self)
+            self._forget(self)
             if stream is not None:
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(stream)
@@ -276,7 +332,8 @@ class _Connection:
             elif target.unix_path is not None:
                 stream = await trio.open_unix_socket(target.unix_path)
             else:
-                stream = await trio.open_tcp_stream(target.host, target.port)
+                stream = await connect_tcp(target.host, target.port,
+                                           channel.config.tcp_keepalive)
         except OSError as exc:
             raise ConnectError(describe_os_error(exc), target=where) from None
         try:
@@ -290,8 +347,11 @@ class _Connection:
                     cause = exc.__cause__ or exc
                     raise ConnectError(f"TLS handshake failed: {cause}", target=where) from None
                 alpn = tls.selected_alpn_protocol()
-                if alpn not in (None, "h2"):
-                    raise ConnectError(f"the server negotiated ALPN {alpn!r}, not h2",
+                if alpn != "h2":
+                    # PROTOCOL-HTTP2.md: gRPC over TLS is HTTP/2 selected by ALPN; grpcio and
+                    # grpc-go refuse a server that selects nothing ("missing selected ALPN").
+                    got = "no ALPN protocol" if alpn is None else f"ALPN {alpn!r}"
+                    raise ConnectError(f"the TLS server negotiated {got}; gRPC requires ALPN h2",
                                        target=where)
             await self._exchange_settings(stream)
         except BaseException:
@@ -314,7 +374,7 @@ class _Connection:
                                        "SETTINGS", target=where)
                 try:
                     events = self.conn.receive_data(bytes(data))
-                except ProtocolError as exc:
+                except ServerProtocolError as exc:
                     raise ConnectError(f"the server does not speak HTTP/2: {exc.message}",
                                        target=where) from None
                 for ev in events:
@@ -325,6 +385,52 @@ class _Connection:
             raise ConnectError(f"connection failed: {exc.__cause__ or exc}",
                                target=where) from None
 
+    async def _keepalive(self) -> None:
+        """grpc-go's client keepalive: PING after ``keepalive_time`` of silence, then judge."""
+        config = self.channel.config
+        conn = self.conn
+        while not conn.closed:
+            interval = self._keepalive_interval.seconds
+            if interval is None:
+                return
+            due = self._last_read + interval
+            if trio.current_time() < due:
+                await trio.sleep_until(due)
+                continue
+            if not self.calls and not config.keepalive_without_calls:
+                # Dormant until a call starts; then a whole interval from now.
+                self._call_started = trio.Event()
+                await self._call_started.wait()
+                self._last_read = max(self._last_read, trio.current_time())
+                continue
+            if not await self._ping_answered(min(interval, config.keepalive_timeout)):
+                # Not even the PING ACK came back: the peer or the path is gone.
+                self._lost(f"connection lost: keepalive PING not answered within "
+                           f"{config.keepalive_timeout:g} s")
+                return
+
+    async def _ping_answered(self, step: float) -> bool:
+        """PING, then look for any read every ``step`` s until keepalive_timeout runs out."""
+        # grpc-go's loop: any frame counts as an answer, and once one came the next PING is
+        # due keepalive_time after it (not keepalive_timeout after the PING).
+        reads = self._reads
+        self.conn.ping(b"keepaliv")
+        self._wake()
+        left = self.channel.config.keepalive_timeout
+        while left > 0 and not self.conn.closed:
+            await trio.sleep(min(step, left))
+            left -= step
+            if self._reads != reads:
+                return True
+        return self.conn.closed
+
+    def _lost(self, reason: str) -> None:
+        """Declare the connection dead now: its calls fail and no new call may use it."""
+        self.lost_reason = reason
+        self._fail_all(self.conn.connection_lost(reason), reason)
+        self._forget(self)
+        self.read_scope.cancel()
+
     async def _write(self, transport: Transport, *,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await transport.run(task_status=task_status)
@@ -334,7 +440,15 @@ class _Connection:
 
     async def _read_loop(self, stream: trio.abc.Stream) -> None:
         conn = self.conn
+        pause = conn.config.output_backlog_pause
         while True:
+            transport = self.transport
+            if transport is not None and conn.output_backlog > pause:
+                # RFC 9113 section 10.5: a server flooding PINGs or SETTINGS while not reading
+                # our answers must not make them pile up; stop reading until they have left
+                # (the write timeout ends a server that never reads).
+                await transport.flushed()
+                continue
             try:
                 data = await stream.receive_some(_READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -343,10 +457,17 @@ class _Connection:
             if not data:
                 self.lost_reason = "connection lost: the server closed the connection"
                 return
+            self._reads += 1
+            self._last_read = trio.current_time()
             try:
                 events = conn.receive_data(bytes(data))
-            except ProtocolError as exc:
-                self.lost_reason = f"HTTP/2 protocol error from the server: {exc.message}"
+            except ServerProtocolError as exc:
+                # Outcomes the bytes before the bad frame decided stand (a call that got its
+                # trailers is OK); the calls still open end with the reason below.
+                for ev in exc.events:
+                    self._dispatch(ev)
+                self.lost_reason = (f"HTTP/2 protocol error from the server "
+                                    f"({ErrorCode.describe(exc.error_code)}): {exc.message}")
                 self._wake()
                 return
             for ev in events:
@@ -372,7 +493,10 @@ class _Connection:
             self._ended(ev)
         elif isinstance(ev, ConnectionTerminated):
             # New calls go to a new connection; the calls the server kept run on here.
-            self.channel._forget(self)
+            self._forget(self)
+            if (ev.error_code == ErrorCode.ENHANCE_YOUR_CALM
+                    and ev.additional_data == TOO_MANY_PINGS):
+                self._keepalive_interval.back_off()
         elif isinstance(ev, ConnectionReady):
             pass
 
@@ -407,6 +531,7 @@ class _Connection:
                                    encoding=compression)
         call = _Call(self, sid)
         self.calls[sid] = call
+        self._call_started.set()
         self.conn.send_message(sid, request, end=True)
         self._wake()
         return call
@@ -518,6 +643,9 @@ class Channel:
         max_receive_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         config: ClientConfig | None = None,
         connector: Connector | None = None,
+        keepalive_time: float | None = None,
+        keepalive_timeout: float | None = None,
+        keepalive_without_calls: bool | None = None,
     ) -> None:
         from . import __version__  # late: wire/__init__ imports this module
 
@@ -536,7 +664,17 @@ class Channel:
         self.server_hostname = server_hostname or host
         if config is None:
             config = ClientConfig(max_receive_message_size=max_receive_message_size)
+        overrides: dict[str, float | bool] = {}
+        if keepalive_time is not None:
+            overrides["keepalive_time"] = keepalive_time
+        if keepalive_timeout is not None:
+            overrides["keepalive_timeout"] = keepalive_timeout
+        if keepalive_without_calls is not None:
+            overrides["keepalive_without_calls"] = keepalive_without_calls
+        if overrides:
+            config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
         self.config = config
+        self._keepalive = _KeepaliveInterval(config.keepalive_time)
         self.connector = connector
         self._nursery = nursery
         self._current: _Connection | None = None
@@ -548,6 +686,26 @@ class Channel:
     def closed(self) -> bool:
         """True once the channel has been closed: every call fails UNAVAILABLE."""
         return self._closed
+
+    @property
+    def keepalive_time(self) -> float | None:
+        """The PING keepalive interval in use (doubled after each ``too_many_pings``)."""
+        return self._keepalive.seconds
+
+    @property
+    def connected(self) -> bool:
+        """True while the channel holds a connection that takes new calls."""
+        return self._current is not None and self._current.usable
+
+    @property
+    def output_backlog(self) -> int:
+        """Bytes waiting to be written on the channel's connections (read-only).
+
+        What the sans-I/O connections queued plus what their writers hold; the read loops keep
+        it bounded (``ClientConfig.output_backlog_pause``) even against a server that floods
+        frames needing an answer while never reading.
+        """
+        return sum(conn.output_backlog for conn in self._connections)
 
     # ------------------------------------------------------------------ connections
 
@@ -572,7 +730,7 @@ class Channel:
                     raise ConnectError(err.reason, target=err.target, timed_out=err.timed_out)
                 continue
             attempt = self._attempt = _Attempt()
-            conn = _Connection(self)
+            conn = _Connection(self, self._forget, self._keepalive)
             self._connections.add(conn)
             try:
                 result: _Connection = await self._nursery.start(conn.run)
@@ -649,7 +807,8 @@ class Channel:
                     call.cancel()  # deadline or caller cancelled: RST_STREAM CANCEL
         if scope.cancelled_caught:
             raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded after {timeout:g} s")
-        assert call is not None and call.ended is not None
+        assert call is not None
+        assert call.ended is not None
         ended = call.ended
         if ended.code is not StatusCode.OK:
             raise ended.to_error()
@@ -707,6 +866,9 @@ async def open_channel(
     max_receive_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     config: ClientConfig | None = None,
     connector: Connector | None = None,
+    keepalive_time: float | None = None,
+    keepalive_timeout: float | None = None,
+    keepalive_without_calls: bool | None = None,
 ) -> AsyncIterator[Channel]:
     """Open a channel to ``host:port`` or ``unix:PATH``; close it (and its calls) on exit.
 
@@ -714,7 +876,8 @@ async def open_channel(
     name checked against the certificate; ``authority`` the ``:authority`` calls carry.
     ``connector``, an async callable returning a connected Trio stream, replaces the TCP or
     Unix connect (tests pass one end of ``trio.testing.memory_stream_pair``); raising OSError
-    from it is a failed connection.
+    from it is a failed connection. ``keepalive_time``, ``keepalive_timeout`` and
+    ``keepalive_without_calls`` (grpc-go's names; see ``ClientConfig``) override ``config``.
     """
     error: Exception | None = None
     async with trio.open_nursery() as nursery:
@@ -722,7 +885,9 @@ async def open_channel(
             target, nursery, connect_timeout=connect_timeout, authority=authority,
             user_agent=user_agent, ssl_context=ssl_context, server_hostname=server_hostname,
             max_receive_message_size=max_receive_message_size, config=config,
-            connector=connector)
+            connector=connector, keepalive_time=keepalive_time,
+            keepalive_timeout=keepalive_timeout,
+            keepalive_without_calls=keepalive_without_calls)
         try:
             yield channel
         except Exception as exc:

@@ -4,51 +4,103 @@ Theory of operation
 -------------------
 ``ClientConnection`` wraps one client-side ``h2.connection.H2Connection`` and adds gRPC on top.
 It never touches a socket: the I/O layer writes ``data_to_send()`` and feeds what it reads to
-``receive_data()``, which returns small immutable events named in the past tense.
+``receive_data()``, which returns small immutable events named in the past tense (defined in
+``wire.events``).
 
 * ``start_call`` sends the request headers, reserved ones first (PROTOCOL-HTTP2.md,
   "Request-Headers"), then the caller's custom metadata; ``send_message`` sends the request
   message and half-closes the stream. Request DATA waits in a per-stream queue whenever the
-  server's flow-control window is shut and leaves on WINDOW_UPDATE, like the server side does.
+  server's flow-control window is shut (or our output backlog is high) and leaves later.
 * Each call has exactly one final event, ``CallEnded``, whatever ended it: trailers, a
-  Trailers-Only response, a non-gRPC HTTP answer, RST_STREAM, a bad message, GOAWAY, or the
-  connection being lost (``connection_lost()``). The status is derived as the spec says:
-  no gRPC content-type or no ``grpc-status`` -> from the HTTP status; RST_STREAM -> from its
-  code; ``grpc-message`` decoded leniently.
-* Flow control: a message's bytes are handed back to the server (WINDOW_UPDATE) only when the
-  consumer says it has taken the message (``acknowledge_received``), so a client that stops
-  reading stops the server after one window. Bytes of a message still being assembled are
-  acknowledged at once, otherwise a message larger than the window could never complete.
-* MAX_CONCURRENT_STREAMS: ``can_start_call`` says whether the server's limit leaves room;
-  ``start_call`` beyond it raises ``StreamLimitError`` rather than letting h2 fail. Queueing is
-  the I/O layer's choice (``wire.client`` waits for a slot within the call's deadline).
-* GOAWAY: h2 stops all processing when it receives GOAWAY, but a graceful GOAWAY (RFC 9113
-  section 6.8) lets streams at or below ``last_stream_id`` finish. So GOAWAY is handled here:
-  calls above ``last_stream_id`` end with UNAVAILABLE (the server never saw them), the others
-  continue, and no new call may start (``going_away``).
+  Trailers-Only response, a non-gRPC HTTP answer, RST_STREAM, a malformed response, a bad
+  message, GOAWAY, or the connection being lost (``connection_lost()``). The status is derived
+  by ``wire.grpc_headers``: no gRPC content-type or no ``grpc-status`` -> from the HTTP status;
+  RST_STREAM -> from its code; ``grpc-status`` must be ``1*DIGIT``; ``grpc-message`` decoded
+  leniently.
+
+How h2 is wrapped
+-----------------
+h2 is kept for what it does right (stream states, flow-control accounting, SETTINGS, HPACK), but
+it never sees raw bytes. ``receive_data`` cuts the byte stream into frames itself, checks each
+one, and hands h2 one frame at a time (``_H2ClientConnection.receive_frame``), so:
+
+* the outcome never depends on how TCP split the bytes: events of frames before a bad one are
+  kept, and a call that received its trailers is OK whatever follows (a connection error
+  raises ``ServerProtocolError`` carrying those events);
+* a frame's length is judged from its 9-byte header before its body is buffered, a header block
+  (HEADERS + CONTINUATION) is capped at the SETTINGS_MAX_HEADER_LIST_SIZE we advertise before
+  it is decoded, and frames on idle streams (RST_STREAM included) are connection errors;
+* malformed responses (RFC 9113 section 8.1.1) are **stream** errors: h2's inbound header
+  validation is off and ``wire.grpc_headers.malformed_reason`` judges each header list; what h2
+  still rejects on an open call (trailers without END_STREAM, content-length) is turned into a
+  stream error too. The call ends INTERNAL, RST_STREAM PROTOCOL_ERROR goes out, and the
+  connection and its other calls live on;
+* an HPACK decoding error is a connection error COMPRESSION_ERROR (RFC 9113 section 4.3);
+* output is bounded: replies the server's frames cause (SETTINGS and PING acks, ...) are counted
+  in ``output_backlog``; the I/O layer stops reading above ``ClientConfig.output_backlog_pause``
+  and past ``output_backlog_limit`` the connection ends with GOAWAY ENHANCE_YOUR_CALM (RFC 9113
+  section 10.5).
+
+Flow control: a message's bytes are handed back to the server (WINDOW_UPDATE) only when the
+consumer says it has taken the message (``acknowledge_received``); bytes of a message still being
+assembled are acknowledged at once, otherwise a message larger than the window could never
+complete. MAX_CONCURRENT_STREAMS: ``can_start_call`` says whether the server's limit leaves room.
+GOAWAY: h2 stops all processing when it receives GOAWAY, but a graceful GOAWAY (RFC 9113 section
+6.8) lets streams at or below ``last_stream_id`` finish, so calls above it end UNAVAILABLE, the
+others continue, and no new call may start (``going_away``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
+import h2
 import h2.config
 import h2.connection
-import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import Frame, GoAwayFrame
+import hpack.exceptions
+import hyperframe.exceptions
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PriorityFrame,
+    PushPromiseFrame,
+)
 
 from .compression import ACCEPT_ENCODING, SUPPORTED_ENCODINGS, compress
-from .errors import ProtocolError, RpcError
-from .events import ConnectionTerminated
+from .errors import LocalProtocolError, RemoteProtocolError, RpcError
+from .events import (
+    CallEnded,
+    ClientEvent,
+    ConnectionReady,
+    ConnectionTerminated,
+    ResponseHeadersReceived,
+    ResponseMessageReceived,
+)
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, MessageDecoder, encode_message
-from .metadata import Metadata, MetadataLike, decode_bin, from_headers, percent_decode, to_headers
-from .status import StatusCode, status_from_http, status_from_rst_stream
+from .grpc_headers import (
+    HeaderError,
+    ResponseHead,
+    http_fallback,
+    malformed_reason,
+    parse_encoding,
+    parse_response_headers,
+    split_metadata,
+    status_from_trailers,
+)
+from .metadata import Metadata, MetadataLike, to_headers
+from .sockopts import TcpKeepalive
+from .status import ErrorCode, StatusCode, status_from_rst_stream
 from .timeout import format_timeout
 
 __all__ = [
+    "H2_VERSIONS_CHECKED",
     "CallEnded",
     "ClientConfig",
     "ClientConnection",
@@ -57,69 +109,17 @@ __all__ = [
     "ConnectionTerminated",
     "ResponseHeadersReceived",
     "ResponseMessageReceived",
+    "ServerProtocolError",
     "StreamLimitError",
 ]
 
-_CANCEL = h2.errors.ErrorCodes.CANCEL
-_NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
-
-
-# ---------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionReady:
-    """The server's first SETTINGS arrived: the connection speaks HTTP/2 and may carry calls."""
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseHeadersReceived:
-    """The response headers of a call arrived (not sent for Trailers-Only responses)."""
-
-    stream_id: int
-    metadata: Metadata
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseMessageReceived:
-    """One whole response message (decompressed) arrived.
-
-    ``flow_controlled_length`` bytes must be passed to ``acknowledge_received`` once the
-    message has been consumed, so the server may send more.
-    """
-
-    stream_id: int
-    data: bytes
-    flow_controlled_length: int
-
-
-@dataclass(frozen=True, slots=True)
-class CallEnded:
-    """A call is over, with its final status; nothing more will be reported for it.
-
-    ``reset_code`` is the HTTP/2 error code when the call ended by RST_STREAM (sent by the
-    server, or by us because the response broke the rules), else None.
-    """
-
-    stream_id: int
-    code: StatusCode
-    message: str
-    metadata: Metadata
-    details: bytes | None = None
-    reset_code: int | None = None
-
-    def to_error(self) -> RpcError:
-        """The ``RpcError`` a caller sees for this (non-OK) end."""
-        return RpcError(self.code, self.message, self.metadata, details=self.details)
-
-
-ClientEvent = (
-    ConnectionReady
-    | ResponseHeadersReceived
-    | ResponseMessageReceived
-    | CallEnded
-    | ConnectionTerminated
-)
+_FRAME_HEADER = 9
+# RFC 9113 section 6.10 puts no limit on CONTINUATION frames; h2 allows 64 per block and so do
+# we (an empty CONTINUATION costs nothing to buffer but something to parse).
+_MAX_CONTINUATIONS = 64
+# Whose reset a message describes.
+_BY_SERVER = "the server"
+_BY_US = "the client"
 
 
 class StreamLimitError(RpcError):
@@ -131,6 +131,30 @@ class StreamLimitError(RpcError):
             f"the server allows at most {limit} concurrent streams on this connection",
         )
         self.limit = limit
+
+
+class ServerProtocolError(RemoteProtocolError):
+    """The server broke HTTP/2 badly enough to end the connection (GOAWAY already queued).
+
+    ``events`` are what the bytes before the offending frame caused, in order (calls that
+    completed there included); they must be handled like a normal ``receive_data`` result.
+    """
+
+    def __init__(self, message: str, error_code: int,
+                 events: list[ClientEvent] | None = None) -> None:
+        super().__init__(message, error_code)
+        self.events: list[ClientEvent] = events if events is not None else []
+
+
+class _ConnectionError(Exception):
+    """Internal: a connection error found while a frame was processed."""
+
+    def __init__(self, message: str, error_code: ErrorCode, stream_id: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_code = error_code
+        # The call this error is about, which ends INTERNAL rather than UNAVAILABLE.
+        self.stream_id = stream_id
 
 
 # ---------------------------------------------------------------------- configuration
@@ -147,24 +171,144 @@ class ClientConfig:
     initial_window_size: int = 1024 * 1024
     #: Extra receive window opened on the connection as a whole at the start.
     connection_window_increment: int = 4 * 1024 * 1024 - 65535
-    #: SETTINGS_MAX_HEADER_LIST_SIZE we advertise and enforce on response headers.
+    #: SETTINGS_MAX_HEADER_LIST_SIZE we advertise and enforce on response headers: a header
+    #: block larger than this is refused before it is decoded.
     max_header_list_size: int = 64 * 1024
+    #: The I/O layer stops reading while more output than this waits (``output_backlog``);
+    #: request DATA is queued for sending only up to half of it.
+    output_backlog_pause: int = 128 * 1024
+    #: Past this much queued output while receiving, GOAWAY ENHANCE_YOUR_CALM (a server that
+    #: floods frames needing an answer while not reading ours).
+    output_backlog_limit: int = 1024 * 1024
+
+    # HTTP/2 PING keepalive, grpc-go's keepalive.ClientParameters (run by wire.client).
+    #: Seconds without any frame from the server after which it is PINGed; None (the default,
+    #: as in grpc-go) is off.
+    keepalive_time: float | None = None
+    #: Seconds after that PING within which some frame must arrive, else the connection is
+    #: dead: it closes and its calls fail UNAVAILABLE.
+    keepalive_timeout: float = 20.0
+    #: PING also while no call is open (otherwise keepalive rests on an idle connection).
+    keepalive_without_calls: bool = False
+    #: TCP keepalive and TCP_USER_TIMEOUT on the channel's TCP sockets.
+    tcp_keepalive: TcpKeepalive = field(default_factory=TcpKeepalive)
+
+    def __post_init__(self) -> None:
+        time = self.keepalive_time
+        if time is not None and not (math.isfinite(time) and time > 0):
+            raise ValueError("keepalive_time must be a positive number of seconds, or None")
+        if not (math.isfinite(self.keepalive_timeout) and self.keepalive_timeout > 0):
+            raise ValueError("keepalive_timeout must be a positive number of seconds")
+
+
+# ---------------------------------------------------------------------- the h2 override
+
+#: The h2 versions (major, minor) whose private API ``_H2ClientConnection`` was checked against;
+#: tests/wire/test_client_h2_pin.py fails when the installed h2 is outside this range.
+H2_VERSIONS_CHECKED = ((4, 1), (4, 4))
 
 
 class _H2ClientConnection(h2.connection.H2Connection):
-    """H2Connection that keeps working after a GOAWAY, for the streams GOAWAY spares."""
+    """The one place that relies on h2's private API (pinned to ``H2_VERSIONS_CHECKED``).
+
+    * ``receive_frame`` hands h2 one frame we parsed and checked ourselves, through
+      ``_receive_frame``: the per-frame half of ``receive_data`` without its buffering and
+      without its reaction to errors (which ``ClientConnection`` decides: stream or connection
+      error, and which code).
+    * ``_receive_goaway_frame``: h2 moves to CLOSED and drops queued output on GOAWAY, which
+      would break the calls at or below last_stream_id that the server promised to finish.
+    """
+
+    def receive_frame(self, frame: Frame) -> list[h2.events.Event]:
+        """Process one complete frame (a HEADERS frame carries its whole header block)."""
+        return self._receive_frame(frame)
 
     def _receive_goaway_frame(
         self, frame: GoAwayFrame
     ) -> tuple[list[Frame], list[h2.events.Event]]:
-        # h2 moves to CLOSED and drops queued output here, which would break the calls at or
-        # below last_stream_id that the server promised to finish. Report it and carry on;
-        # ClientConnection refuses new calls itself.
+        # Report it and carry on; ClientConnection refuses new calls itself.
         event = h2.events.ConnectionTerminated()
-        event.error_code = _error_code(frame.error_code)
+        event.error_code = _h2_error_code(frame.error_code)
         event.last_stream_id = frame.last_stream_id
         event.additional_data = frame.additional_data or None
         return [], [event]
+
+
+def _h2_error_code(code: int) -> h2.errors.ErrorCodes | int:
+    try:
+        return h2.errors.ErrorCodes(code)
+    except ValueError:
+        return code
+
+
+# ---------------------------------------------------------------------- frames
+
+
+class _FrameSplitter:
+    """Cuts the server's byte stream into hyperframe frames, judging lengths from the header."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet part of a whole frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes read from the socket."""
+        self._buffer += data
+
+    def clear(self) -> None:
+        """Drop what is buffered (the connection is over)."""
+        self._buffer.clear()
+
+    def next_frame(self, max_frame_size: int) -> Frame | None:
+        """The next whole frame, or None until more bytes arrive; raise _ConnectionError."""
+        buf = self._buffer
+        if len(buf) < _FRAME_HEADER:
+            return None
+        try:
+            frame, length = Frame.parse_frame_header(memoryview(buf)[:_FRAME_HEADER])
+        except (hyperframe.exceptions.InvalidFrameError,
+                hyperframe.exceptions.InvalidDataError) as exc:
+            raise _ConnectionError(f"invalid frame header: {exc}",
+                                   ErrorCode.PROTOCOL_ERROR) from None
+        # RFC 9113 section 4.2: "An endpoint MUST send an error code of FRAME_SIZE_ERROR if a
+        # frame exceeds the size defined in SETTINGS_MAX_FRAME_SIZE". Judged before buffering.
+        if length > max_frame_size:
+            raise _ConnectionError(
+                f"the server sent a frame of {length} bytes, above SETTINGS_MAX_FRAME_SIZE "
+                f"{max_frame_size}", ErrorCode.FRAME_SIZE_ERROR, frame.stream_id)
+        end = _FRAME_HEADER + length
+        if len(buf) < end:
+            return None
+        body = bytes(buf[_FRAME_HEADER:end])
+        del buf[:end]
+        try:
+            frame.parse_body(memoryview(body))
+        except hyperframe.exceptions.InvalidPaddingError:
+            raise _ConnectionError(f"{_frame_name(frame)} frame with invalid padding",
+                                   ErrorCode.PROTOCOL_ERROR) from None
+        except hyperframe.exceptions.InvalidDataError as exc:
+            raise _ConnectionError(f"invalid {_frame_name(frame)} frame: {exc}",
+                                   ErrorCode.PROTOCOL_ERROR) from None
+        except hyperframe.exceptions.InvalidFrameError as exc:
+            raise _ConnectionError(f"invalid {_frame_name(frame)} frame: {exc}",
+                                   ErrorCode.FRAME_SIZE_ERROR) from None
+        return frame
+
+
+def _frame_name(frame: Frame) -> str:
+    name = type(frame).__name__.removesuffix("Frame")
+    names = {"RstStream": "RST_STREAM", "GoAway": "GOAWAY", "WindowUpdate": "WINDOW_UPDATE",
+             "PushPromise": "PUSH_PROMISE", "AltSvc": "ALTSVC", "Extension": "unknown"}
+    return names.get(name, name.upper())
+
+
+# ---------------------------------------------------------------------- calls
 
 
 class _Call:
@@ -174,8 +318,7 @@ class _Call:
         "decoder",
         "end_sent",
         "ending",
-        "http_status",
-        "is_grpc",
+        "head",
         "metadata",
         "pending",
         "send_encoding",
@@ -184,8 +327,7 @@ class _Call:
     def __init__(self, send_encoding: str | None) -> None:
         self.send_encoding = send_encoding
         self.decoder: MessageDecoder | None = None
-        self.http_status = 0
-        self.is_grpc = False
+        self.head = ResponseHead(0, None, False, None)
         self.metadata = Metadata()
         self.pending = bytearray()
         # The caller has ended the request side / END_STREAM has actually gone out.
@@ -208,8 +350,11 @@ class ClientConnection:
         self.scheme = scheme
         self.authority = authority
         self.user_agent = user_agent
+        # Inbound header validation is ours (grpc_headers.malformed_reason), so that a malformed
+        # response is a stream error as RFC 9113 section 8.1.1 says, not h2's connection error.
         h2_config = h2.config.H2Configuration(
-            client_side=True, header_encoding=None, validate_outbound_headers=False
+            client_side=True, header_encoding=None, validate_outbound_headers=False,
+            validate_inbound_headers=False,
         )
         conn = _H2ClientConnection(config=h2_config)
         conn.local_settings = h2.settings.Settings(
@@ -220,6 +365,8 @@ class ClientConnection:
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: config.max_header_list_size,
             },
         )
+        # HPACK's own cap on the decoded list (an HPACK bomb), on top of ours on the block.
+        conn.decoder.max_header_list_size = config.max_header_list_size
         conn.initiate_connection()
         if config.connection_window_increment > 0:
             conn.increment_flow_control_window(config.connection_window_increment)
@@ -230,6 +377,16 @@ class ClientConnection:
         self._closed = False
         # The first bytes from the server, until 9 have arrived to check its preface.
         self._preface: bytearray | None = bytearray()
+        self._frames = _FrameSplitter()
+        # A header block (HEADERS + CONTINUATION) being assembled, and its frame count.
+        self._block: HeadersFrame | None = None
+        self._block_frames = 0
+        # Bytes ready for data_to_send(); h2's own buffer is moved here after every step.
+        self._out = bytearray()
+        # Request DATA held back because the output backlog was high, and the request DATA
+        # handed to h2 since data_to_send() last ran (counted without copying h2's buffer).
+        self._data_held = False
+        self._data_queued = 0
 
     # ------------------------------------------------------------------ inspection
 
@@ -264,6 +421,18 @@ class ClientConnection:
         if self.going_away:
             return False
         return self._h2.open_outbound_streams < self.max_concurrent_streams
+
+    @property
+    def output_backlog(self) -> int:
+        """Bytes queued for ``data_to_send()`` and not taken yet (read-only)."""
+        self._take_h2_output()
+        return len(self._out)
+
+    @property
+    def input_buffered(self) -> int:
+        """Bytes received and not yet processed (part of a frame or of a header block)."""
+        block = len(self._block.data) if self._block is not None else 0
+        return self._frames.buffered + block
 
     def is_active(self, stream_id: int) -> bool:
         """True while ``stream_id`` is a call that has not ended."""
@@ -355,24 +524,25 @@ class ClientConnection:
         """
         if self._calls.pop(stream_id, None) is None:
             return False
-        self._reset(stream_id, _CANCEL)
+        self._reset(stream_id, ErrorCode.CANCEL)
         return True
 
     def acknowledge_received(self, stream_id: int, size: int) -> None:
         """Hand ``size`` consumed bytes of ``stream_id`` back to the server's window."""
         if size > 0 and not self._closed:
-            self._h2.acknowledge_received_data(size, stream_id)
+            try:
+                self._h2.acknowledge_received_data(size, stream_id)
+            except (ValueError, h2.exceptions.ProtocolError) as exc:
+                raise LocalProtocolError(f"cannot acknowledge {size} bytes on stream "
+                                         f"{stream_id}: {exc}") from None
 
-    def close(self, error_code: int = _NO_ERROR, message: str = "") -> list[CallEnded]:
+    def close(self, error_code: int = ErrorCode.NO_ERROR, message: str = "") -> list[CallEnded]:
         """Send GOAWAY and stop; every call still open ends (returned) with UNAVAILABLE."""
         if self._closed:
             return []
         self._going_away = True
         self._closed = True
-        try:
-            self._h2.close_connection(error_code, message.encode("utf-8") or None)
-        except h2.exceptions.ProtocolError:
-            pass
+        self._goaway(error_code, message)
         return self._end_all(StatusCode.UNAVAILABLE, message or "connection closed")
 
     def connection_lost(self, why: str = "connection lost") -> list[CallEnded]:
@@ -382,79 +552,103 @@ class ClientConnection:
         return self._end_all(StatusCode.UNAVAILABLE, why)
 
     def ping(self, opaque: bytes = b"\0" * 8) -> None:
-        """Send a PING."""
+        """Send a PING (8 bytes of ``opaque``); LocalProtocolError once the connection is over."""
+        if self._closed:
+            raise LocalProtocolError("cannot PING: the connection is closed")
+        if len(opaque) != 8:
+            # RFC 9113 section 6.7: "PING frames MUST contain 8 octets of opaque data".
+            raise LocalProtocolError(f"PING opaque data must be 8 bytes, not {len(opaque)}")
         self._h2.ping(opaque)
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the socket now (possibly empty)."""
-        return self._h2.data_to_send()
+        self._take_h2_output()
+        self._data_queued = 0
+        if self._data_held and not self._closed:
+            # Request DATA held back while the backlog was high may follow what leaves now.
+            out = bytes(self._out)
+            self._out.clear()
+            self._data_held = False
+            self._flush_all()
+            self._take_h2_output()
+            out += self._out
+        else:
+            out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def _take_h2_output(self) -> None:
+        data = self._h2.data_to_send()
+        if data:
+            self._out += data
+
+    def _goaway(self, error_code: int, message: str) -> None:
+        debug = message.encode("utf-8")[:256] or None
+        try:
+            self._h2.close_connection(error_code, debug)
+        except h2.exceptions.ProtocolError:
+            # h2 already considers the connection closed; write the GOAWAY ourselves.
+            frame = GoAwayFrame(0)
+            frame.last_stream_id = 0
+            frame.error_code = error_code
+            frame.additional_data = debug or b""
+            self._out += frame.serialize()
 
     # ------------------------------------------------------------------ input
 
     def receive_data(self, data: bytes) -> list[ClientEvent]:
         """Feed bytes read from the socket; return the events they caused.
 
-        Raises ``ProtocolError`` when the server broke HTTP/2 so badly that the connection must
-        end; the GOAWAY to send is then in ``data_to_send()``, and ``connection_lost()`` ends
-        the calls that were open.
+        Raises ``ServerProtocolError`` when the server broke HTTP/2 so badly that the
+        connection must end: the GOAWAY is then in ``data_to_send()``, the error's ``events``
+        hold what the frames before the bad one caused, and ``connection_lost()`` ends the
+        calls still open.
         """
         if self._closed:
             return []
-        if self._preface is not None:
-            self._check_preface(data)
-        try:
-            h2_events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            # The GOAWAY h2 queued is in data_to_send(); the I/O layer ends the open calls with
-            # connection_lost().
-            self._going_away = True
-            self._closed = True
-            code = int(getattr(exc, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR))
-            raise ProtocolError(str(exc) or type(exc).__name__, code) from None
         events: list[ClientEvent] = []
-        for ev in h2_events:
-            if isinstance(ev, h2.events.DataReceived):
-                self._on_data(ev, events)
-            elif isinstance(ev, h2.events.ResponseReceived):
-                self._on_response(ev.stream_id, ev.headers or [], ev.stream_ended is not None,
-                                  events)
-            elif isinstance(ev, h2.events.TrailersReceived):
-                self._on_trailers(ev.stream_id, ev.headers or [], events)
-            elif isinstance(ev, h2.events.StreamEnded):
-                self._on_stream_ended(ev.stream_id, events)
-            elif isinstance(ev, h2.events.StreamReset):
-                call = self._calls.pop(ev.stream_id, None)
-                if call is not None:
-                    code = int(ev.error_code or 0)
-                    # PROTOCOL-HTTP2.md "Errors": REFUSED_STREAM -> UNAVAILABLE, CANCEL ->
-                    # CANCELLED, ENHANCE_YOUR_CALM -> RESOURCE_EXHAUSTED, others -> INTERNAL.
-                    events.append(CallEnded(
-                        ev.stream_id, status_from_rst_stream(code),
-                        f"stream reset by the server with HTTP/2 error code {code}"
-                        f" ({_error_name(code)})",
-                        call.metadata, reset_code=code))
-            elif isinstance(ev, h2.events.WindowUpdated):
-                if ev.stream_id:
-                    self._flush(ev.stream_id)
-                else:
-                    self._flush_all()
-            elif isinstance(ev, h2.events.RemoteSettingsChanged):
-                if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
-                    self._flush_all()
-                if not self._ready:
-                    self._ready = True
-                    events.append(ConnectionReady())
-            elif isinstance(ev, h2.events.ConnectionTerminated):
-                self._on_goaway(ev, events)
+        try:
+            if self._preface is not None:
+                self._check_preface(data)
+            self._frames.feed(data)
+            limit = self.config.output_backlog_limit
+            while True:
+                frame = self._frames.next_frame(self._h2.max_inbound_frame_size)
+                if frame is None:
+                    break
+                self._receive_frame(frame, events)
+                if len(self._out) > limit:  # _receive_frame moved h2's output here
+                    # RFC 9113 section 10.5: ENHANCE_YOUR_CALM for a peer that makes us queue
+                    # answers it does not read.
+                    self._out.clear()
+                    raise _ConnectionError(
+                        f"the server sent frames needing more than {limit} bytes of answers "
+                        "it does not read", ErrorCode.ENHANCE_YOUR_CALM)
+        except _ConnectionError as exc:
+            self._fail(exc, events)
         return events
+
+    def _fail(self, exc: _ConnectionError, events: list[ClientEvent]) -> None:
+        self._going_away = True
+        self._closed = True
+        self._frames.clear()
+        self._block = None
+        # h2 queued nothing for the failing frame (its handler raised before any output), so
+        # our GOAWAY, with the code we chose, follows what earlier frames and calls queued.
+        self._goaway(exc.error_code, exc.message)
+        call = self._calls.pop(exc.stream_id, None) if exc.stream_id else None
+        if call is not None:
+            events.append(CallEnded(exc.stream_id, StatusCode.INTERNAL, exc.message,
+                                    call.metadata, reset_code=None))
+        raise ServerProtocolError(exc.message, exc.error_code, events)
 
     def _check_preface(self, data: bytes) -> None:
         assert self._preface is not None
         self._preface += data[: 9 - len(self._preface)]
         head = bytes(self._preface)
         # RFC 9113 3.4: "The server connection preface consists of a potentially empty SETTINGS
-        # frame that MUST be the first frame the server sends". Checked here because h2 would
-        # wait for a whole "frame" first: an HTTP/1.1 answer parses as a 4 MiB frame header.
+        # frame that MUST be the first frame the server sends". Checked at once: an HTTP/1.1
+        # answer would otherwise parse as a frame header.
         if head[:5] == b"HTTP/"[: len(head)] and len(head) >= 5:
             why = "the server answered in HTTP/1.x, not HTTP/2"
         elif len(head) >= 4 and head[3] != 0x4:
@@ -463,57 +657,195 @@ class ClientConnection:
             if len(head) >= 9:
                 self._preface = None
             return
-        self._going_away = True
-        self._closed = True
-        raise ProtocolError(why, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        raise _ConnectionError(why, ErrorCode.PROTOCOL_ERROR)
+
+    def _receive_frame(self, frame: Frame, events: list[ClientEvent]) -> None:
+        whole = self._assemble(frame)
+        if whole is None:
+            return
+        self._check_stream(whole)
+        try:
+            h2_events = self._h2.receive_frame(whole)
+        except h2.exceptions.ProtocolError as exc:
+            self._on_h2_error(whole, exc, events)
+            return
+        self._take_h2_output()
+        for ev in h2_events:
+            self._on_h2_event(ev, events)
+
+    def _assemble(self, frame: Frame) -> Frame | None:
+        """A whole frame for h2 (HEADERS with its block), or None while a block is open."""
+        block = self._block
+        if block is not None:
+            # RFC 9113 section 6.10: "any other type or a frame on a different stream MUST be
+            # treated as a connection error of type PROTOCOL_ERROR".
+            if not isinstance(frame, ContinuationFrame) or frame.stream_id != block.stream_id:
+                raise _ConnectionError(
+                    f"{_frame_name(frame)} frame inside the header block of stream "
+                    f"{block.stream_id}", ErrorCode.PROTOCOL_ERROR)
+            self._block_frames += 1
+            if self._block_frames > _MAX_CONTINUATIONS:
+                raise _ConnectionError(
+                    f"more than {_MAX_CONTINUATIONS} CONTINUATION frames in one header block",
+                    ErrorCode.ENHANCE_YOUR_CALM, block.stream_id)
+            block.data += frame.data
+            self._check_block_size(block)
+            if "END_HEADERS" not in frame.flags:
+                return None
+            self._block = None
+            block.flags.add("END_HEADERS")
+            return block
+        if isinstance(frame, ContinuationFrame):
+            raise _ConnectionError("CONTINUATION frame without a header block to continue",
+                                   ErrorCode.PROTOCOL_ERROR)
+        if isinstance(frame, PushPromiseFrame):
+            # RFC 9113 section 8.4: "A client cannot push ... a server MUST NOT send a
+            # PUSH_PROMISE" when SETTINGS_ENABLE_PUSH is 0; "receipt ... as a connection error".
+            raise _ConnectionError("the server sent PUSH_PROMISE although push is disabled",
+                                   ErrorCode.PROTOCOL_ERROR)
+        if isinstance(frame, HeadersFrame):
+            self._check_block_size(frame)
+            if "END_HEADERS" not in frame.flags:
+                self._block = frame
+                self._block_frames = 0
+                return None
+        return frame
+
+    def _check_block_size(self, frame: HeadersFrame) -> None:
+        limit = self.config.max_header_list_size
+        if len(frame.data) > limit:
+            # The block is refused before it is decoded: a compressed block is never larger
+            # than the list it decodes to, so this is the advertised limit, enforced early.
+            raise _ConnectionError(
+                f"response header block of more than {limit} bytes (SETTINGS_MAX_HEADER_LIST_"
+                "SIZE)", ErrorCode.ENHANCE_YOUR_CALM, frame.stream_id)
+
+    def _check_stream(self, frame: Frame) -> None:
+        sid = frame.stream_id
+        if sid == 0 or isinstance(frame, PriorityFrame):
+            return
+        # RFC 9113 section 5.1, idle: "Receiving any frame other than HEADERS or PRIORITY on a
+        # stream in this state MUST be treated as a connection error of type PROTOCOL_ERROR";
+        # a server opens no stream here (push is off), so HEADERS on an idle stream is one too.
+        highest = self._h2.highest_outbound_stream_id or 0
+        if sid % 2 == 0 or sid > highest:
+            raise _ConnectionError(f"the server sent {_frame_name(frame)} on idle stream {sid}",
+                                   ErrorCode.PROTOCOL_ERROR)
+
+    def _on_h2_error(self, frame: Frame, exc: h2.exceptions.ProtocolError,
+                     events: list[ClientEvent]) -> None:
+        sid = frame.stream_id
+        cause = exc.__cause__
+        if isinstance(cause, hpack.exceptions.HPACKError) and not isinstance(
+                cause, hpack.exceptions.OversizedHeaderListError):
+            # RFC 9113 section 4.3: "A decoding error in a field block MUST be treated as a
+            # connection error of type COMPRESSION_ERROR."
+            raise _ConnectionError(f"HPACK decoding error in a header block on stream {sid}: "
+                                   f"{cause}", ErrorCode.COMPRESSION_ERROR, sid)
+        malformed = (isinstance(exc, h2.exceptions.InvalidBodyLengthError)
+                     or (type(exc) is h2.exceptions.ProtocolError
+                         and isinstance(frame, HeadersFrame)))
+        if malformed and sid % 2 == 1:
+            # RFC 9113 section 8.1.1: "Malformed requests or responses that are detected MUST
+            # be treated as a stream error of type PROTOCOL_ERROR." h2 said connection error.
+            # (_check_stream made sure this is a stream we opened, ended or not.)
+            if isinstance(frame, DataFrame) and frame.flow_controlled_length:
+                self._h2.acknowledge_received_data(frame.flow_controlled_length, sid)
+            self._stream_error(sid, f"malformed response: {exc}", events)
+            return
+        raise _ConnectionError(_describe_h2_error(exc, frame), _error_code_of(exc), sid)
+
+    def _stream_error(self, sid: int, why: str, events: list[ClientEvent]) -> None:
+        call = self._calls.pop(sid, None)
+        self._reset(sid, ErrorCode.PROTOCOL_ERROR)
+        self._take_h2_output()
+        if call is None:
+            return  # a call already over (cancelled): only the server needs telling
+        events.append(CallEnded(sid, StatusCode.INTERNAL, why, call.metadata,
+                                reset_code=ErrorCode.PROTOCOL_ERROR))
+
+    def _on_h2_event(self, ev: h2.events.Event, events: list[ClientEvent]) -> None:
+        if isinstance(ev, h2.events.DataReceived):
+            self._on_data(ev, events)
+        elif isinstance(ev, h2.events.ResponseReceived):
+            self._on_response(ev.stream_id, ev.headers or [], ev.stream_ended is not None,
+                              events)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            self._on_trailers(ev.stream_id, ev.headers or [], events)
+        elif isinstance(ev, h2.events.InformationalResponseReceived):
+            reason = malformed_reason(ev.headers or [], response=True)
+            if reason is not None:
+                self._stream_error(ev.stream_id, f"malformed header: {reason}", events)
+        elif isinstance(ev, h2.events.StreamEnded):
+            self._on_stream_ended(ev.stream_id, events)
+        elif isinstance(ev, h2.events.StreamReset):
+            self._on_stream_reset(ev, events)
+        elif isinstance(ev, h2.events.WindowUpdated):
+            if ev.stream_id:
+                self._flush(ev.stream_id)
+            else:
+                self._flush_all()
+        elif isinstance(ev, h2.events.RemoteSettingsChanged):
+            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
+                self._flush_all()
+            if not self._ready:
+                self._ready = True
+                events.append(ConnectionReady())
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self._on_goaway(ev, events)
+
+    def _on_stream_reset(self, ev: h2.events.StreamReset, events: list[ClientEvent]) -> None:
+        call = self._calls.pop(ev.stream_id, None)
+        if call is None:
+            return
+        code = int(ev.error_code or 0)
+        name = ErrorCode.describe(code)
+        if ev.remote_reset:
+            # PROTOCOL-HTTP2.md "Errors": REFUSED_STREAM -> UNAVAILABLE, CANCEL -> CANCELLED,
+            # ENHANCE_YOUR_CALM -> RESOURCE_EXHAUSTED, others -> INTERNAL.
+            events.append(CallEnded(ev.stream_id, status_from_rst_stream(code),
+                                    f"stream reset by {_BY_SERVER} with HTTP/2 error code "
+                                    f"{code} ({name})", call.metadata, reset_code=code))
+            return
+        # h2 reset the stream itself: the server broke a rule on it (a WINDOW_UPDATE that
+        # overflowed the stream's window is the case h2 handles this way).
+        why = ("the server's WINDOW_UPDATE overflowed the stream's flow-control window"
+               if code == ErrorCode.FLOW_CONTROL_ERROR else "the server broke HTTP/2 on it")
+        events.append(CallEnded(ev.stream_id, StatusCode.INTERNAL,
+                                f"stream reset by {_BY_US} with HTTP/2 error code {code} "
+                                f"({name}): {why}", call.metadata, reset_code=code))
 
     def _on_response(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool,
                      events: list[ClientEvent]) -> None:
         call = self._calls.get(sid)
         if call is None:
             return
-        status = content_type = encoding = None
-        for name, value in headers:
-            if name == b":status":
-                status = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"grpc-encoding":
-                encoding = value
-        try:
-            call.http_status = int(status or b"0")
-        except ValueError:
-            call.http_status = 0
-        call.is_grpc = content_type is not None and _is_grpc_content_type(content_type)
+        reason = malformed_reason(headers, response=True)
+        if reason is not None:
+            self._stream_error(sid, f"malformed header: {reason}", events)
+            return
+        call.head = head = parse_response_headers(headers)
         if ended:
             # Trailers-Only: a single HEADERS frame carries both headers and the status.
             self._finish_from_trailers(sid, call, headers, events)
             return
-        if call.http_status != 200 or not call.is_grpc:
+        if head.http_status != 200 or not head.is_grpc:
             # Not a gRPC answer (a proxy's error page, a plain HTTP server): the status comes
             # from HTTP (http-grpc-status-mapping.md) and the body is of no interest.
-            self._end_reset(sid, self._http_status_end(sid, call, content_type), events)
+            status = http_fallback(head, call.metadata)
+            self._end_reset(sid, CallEnded(sid, status.code, status.message, status.metadata),
+                            events)
             return
         try:
-            call.metadata = from_headers(headers)
-        except ValueError as exc:
+            call.metadata = split_metadata(headers)
+            encoding = parse_encoding(head.encoding)
+        except HeaderError as exc:
             self._end_reset(sid, CallEnded(sid, StatusCode.INTERNAL,
-                                           f"malformed binary metadata in response headers: {exc}",
-                                           Metadata()), events)
+                                           f"{exc.message} (in response headers)",
+                                           call.metadata), events)
             return
-        enc: str | None = None
-        if encoding is not None:
-            enc = encoding.decode("ascii", "replace").strip().lower()
-            if enc == "identity":
-                enc = None
-            elif enc not in SUPPORTED_ENCODINGS:
-                self._end_reset(sid, CallEnded(
-                    sid, StatusCode.INTERNAL,
-                    f"response compressed with unsupported grpc-encoding {enc!r}",
-                    call.metadata), events)
-                return
         call.decoder = MessageDecoder(max_message_size=self.config.max_receive_message_size,
-                                      encoding=enc)
+                                      encoding=encoding)
         events.append(ResponseHeadersReceived(sid, call.metadata))
 
     def _on_data(self, ev: h2.events.DataReceived, events: list[ClientEvent]) -> None:
@@ -550,6 +882,10 @@ class ClientConnection:
         call = self._calls.get(sid)
         if call is None:
             return
+        reason = malformed_reason(headers, response=True, trailers=True)
+        if reason is not None:
+            self._stream_error(sid, f"malformed trailers: {reason}", events)
+            return
         self._finish_from_trailers(sid, call, headers, events)
 
     def _on_stream_ended(self, sid: int, events: list[ClientEvent]) -> None:
@@ -573,69 +909,16 @@ class ClientConnection:
         if not call.end_sent:
             # The server answered before our request side ended; the stream must not stay
             # half-open, where it would count against MAX_CONCURRENT_STREAMS for ever.
-            self._reset(sid, _CANCEL)
+            self._reset(sid, ErrorCode.CANCEL)
         if call.decoder is not None:
             try:
                 call.decoder.end()
             except RpcError as exc:
                 events.append(CallEnded(sid, exc.code, exc.message, call.metadata))
                 return
-        raw_status = raw_message = raw_details = content_type = None
-        for name, value in headers:
-            if name == b"grpc-status":
-                raw_status = value
-            elif name == b"grpc-message":
-                raw_message = value
-            elif name == b"grpc-status-details-bin":
-                raw_details = value
-            elif name == b"content-type":
-                content_type = value
-        if call.http_status != 200 or not call.is_grpc or raw_status is None:
-            # http-grpc-status-mapping.md: without a usable grpc-status, HTTP decides.
-            events.append(self._http_status_end(sid, call, content_type))
-            return
-        try:
-            metadata = from_headers(headers)
-        except ValueError as exc:
-            events.append(CallEnded(sid, StatusCode.INTERNAL,
-                                    f"malformed binary metadata in trailers: {exc}", Metadata()))
-            return
-        message = percent_decode(raw_message) if raw_message is not None else ""
-        try:
-            number = int(raw_status.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            shown = raw_status.decode("ascii", "replace")
-            events.append(CallEnded(sid, StatusCode.INTERNAL,
-                                    f"malformed grpc-status {shown!r}" +
-                                    (f": {message}" if message else ""), metadata))
-            return
-        try:
-            code = StatusCode(number)
-        except ValueError:
-            # statuscodes.md: an unknown code is UNKNOWN; keep the number for the reader.
-            code = StatusCode.UNKNOWN
-            message = f"unknown grpc-status {number}" + (f": {message}" if message else "")
-        details: bytes | None = None
-        if raw_details is not None:
-            try:
-                details = decode_bin(raw_details)
-            except ValueError:
-                details = None  # optional extra detail; never fail the call over it
-        events.append(CallEnded(sid, code, message, metadata, details))
-
-    def _http_status_end(self, sid: int, call: _Call, content_type: bytes | None) -> CallEnded:
-        http = call.http_status
-        code = status_from_http(http)
-        if http == 0:
-            code, why = StatusCode.INTERNAL, "response without a valid :status"
-        elif http != 200:
-            why = f"unexpected HTTP status code received from server: {http}"
-        elif not call.is_grpc:
-            shown = content_type.decode("ascii", "replace") if content_type else ""
-            why = f"unexpected content-type {shown!r} (not application/grpc)"
-        else:
-            why = "response ended without grpc-status"
-        return CallEnded(sid, code, why, call.metadata)
+        status = status_from_trailers(call.head, headers)
+        events.append(CallEnded(sid, status.code, status.message, status.metadata,
+                                status.details))
 
     def _on_goaway(self, ev: h2.events.ConnectionTerminated, events: list[ClientEvent]) -> None:
         self._going_away = True
@@ -645,16 +928,16 @@ class ClientConnection:
         # RFC 9113 6.8: streams above last_stream_id were not processed; they may be retried.
         for sid in sorted(s for s in self._calls if s > last):
             call = self._calls.pop(sid)
-            self._reset(sid, _CANCEL)
+            self._reset(sid, ErrorCode.CANCEL)
             events.append(CallEnded(
                 sid, StatusCode.UNAVAILABLE,
-                f"the server sent GOAWAY ({_error_name(code)}) before processing this call",
-                call.metadata))
+                f"the server sent GOAWAY ({ErrorCode.describe(code)}) before processing this "
+                "call", call.metadata))
 
     def _end_reset(self, sid: int, ended: CallEnded, events: list[ClientEvent]) -> None:
         # The response broke the rules for this call only: stop the server sending more.
         self._calls.pop(sid, None)
-        self._reset(sid, _CANCEL)
+        self._reset(sid, ErrorCode.CANCEL)
         events.append(ended)
 
     def _end_all(self, code: StatusCode, message: str) -> list[CallEnded]:
@@ -671,7 +954,8 @@ class ClientConnection:
     # ------------------------------------------------------------------ output
 
     def _flush_all(self) -> None:
-        for sid in [sid for sid, c in self._calls.items() if c.pending]:
+        for sid in [sid for sid, c in self._calls.items() if c.pending or
+                    (c.ending and not c.end_sent)]:
             self._flush(sid)
 
     def _flush(self, sid: int) -> None:
@@ -680,14 +964,20 @@ class ClientConnection:
             return
         pending = call.pending
         h2conn = self._h2
+        high_water = self.config.output_backlog_pause // 2
         try:
             while pending:
                 window = h2conn.local_flow_control_window(sid)
                 if window <= 0:
                     return
+                if self._data_queued + len(self._out) >= high_water:
+                    # Leaves when data_to_send() has taken what is queued.
+                    self._data_held = True
+                    return
                 n = min(window, len(pending), h2conn.max_outbound_frame_size)
                 end = call.ending and n == len(pending)
                 h2conn.send_data(sid, bytes(pending[:n]), end_stream=end)
+                self._data_queued += n + _FRAME_HEADER
                 del pending[:n]
                 call.end_sent = end
             if call.ending and not call.end_sent:
@@ -700,23 +990,22 @@ class ClientConnection:
             call.end_sent = True
 
 
-def _is_grpc_content_type(value: bytes) -> bool:
-    # "application/grpc" optionally followed by "+proto", "+json", ... or ";params".
-    if not value.startswith(b"application/grpc"):
-        return False
-    rest = value[16:]
-    return not rest or rest[:1] in (b"+", b";")
-
-
-def _error_code(code: int) -> h2.errors.ErrorCodes | int:
+def _error_code_of(exc: h2.exceptions.ProtocolError) -> ErrorCode:
     try:
-        return h2.errors.ErrorCodes(code)
+        return ErrorCode(int(exc.error_code))
     except ValueError:
-        return code
+        return ErrorCode.PROTOCOL_ERROR
 
 
-def _error_name(code: int) -> str:
-    try:
-        return h2.errors.ErrorCodes(code).name
-    except ValueError:
-        return f"0x{code:x}"
+def _describe_h2_error(exc: h2.exceptions.ProtocolError, frame: Frame) -> str:
+    """A message that says what the server did, never a bare stream id."""
+    text = str(exc)
+    where = f"{_frame_name(frame)} frame on stream {frame.stream_id}" if frame.stream_id \
+        else f"{_frame_name(frame)} frame"
+    if isinstance(exc, h2.exceptions.StreamClosedError):
+        return f"the server sent a {where} after the stream was closed (STREAM_CLOSED)"
+    if isinstance(exc, h2.exceptions.FlowControlError):
+        return f"the server broke HTTP/2 flow control with a {where}: {text}"
+    if not text or text.isdigit():
+        text = type(exc).__name__
+    return f"the server sent a bad {where}: {text}"

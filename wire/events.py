@@ -1,24 +1,32 @@
 """Events a sans-I/O gRPC connection reports, named in the past tense like h2's.
 
 Each is a small immutable record. A server connection reports calls arriving, their messages, the
-end of the request side, resets, requests it refused itself, and the peer going away.
+end of the request side, resets, requests it refused itself, and the peer going away. A client
+connection reports the server's first SETTINGS, response headers, response messages, and exactly
+one ``CallEnded`` per call, whatever ended it; GOAWAY is ``ConnectionTerminated`` on both sides.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import RpcError
 from .metadata import Metadata
 from .status import StatusCode
 
 __all__ = [
     "CallAborted",
+    "CallEnded",
+    "ClientEvent",
+    "ConnectionReady",
     "ConnectionTerminated",
     "Event",
     "MessageReceived",
     "RequestEnded",
     "RequestReceived",
     "RequestRejected",
+    "ResponseHeadersReceived",
+    "ResponseMessageReceived",
     "StreamReset",
 ]
 
@@ -101,5 +109,63 @@ Event = (
     | StreamReset
     | CallAborted
     | RequestRejected
+    | ConnectionTerminated
+)
+
+
+# ---------------------------------------------------------------------- client events
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionReady:
+    """The server's first SETTINGS arrived: the connection speaks HTTP/2 and may carry calls."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHeadersReceived:
+    """The response headers of a call arrived (not sent for Trailers-Only responses)."""
+
+    stream_id: int
+    metadata: Metadata
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseMessageReceived:
+    """One whole response message (decompressed) arrived.
+
+    ``flow_controlled_length`` bytes must be passed to ``acknowledge_received`` once the
+    message has been consumed, so the server may send more.
+    """
+
+    stream_id: int
+    data: bytes
+    flow_controlled_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """A call is over, with its final status; nothing more will be reported for it.
+
+    ``reset_code`` is the HTTP/2 error code when the call ended by RST_STREAM (sent by the
+    server, or by us because the response broke the rules), else None.
+    """
+
+    stream_id: int
+    code: StatusCode
+    message: str
+    metadata: Metadata
+    details: bytes | None = None
+    reset_code: int | None = None
+
+    def to_error(self) -> RpcError:
+        """The ``RpcError`` a caller sees for this (non-OK) end."""
+        return RpcError(self.code, self.message, self.metadata, details=self.details)
+
+
+ClientEvent = (
+    ConnectionReady
+    | ResponseHeadersReceived
+    | ResponseMessageReceived
+    | CallEnded
     | ConnectionTerminated
 )

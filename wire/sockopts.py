@@ -61,7 +61,7 @@ class TcpKeepalive:
         timeout = self.user_timeout
         if isinstance(timeout, bool) or not (math.isfinite(timeout)
                                              and 0 <= timeout <= _MAX_USER_TIMEOUT):
-            raise ValueError(f"tcp user timeout must be >= 0 seconds, got {timeout!r}")
+            raise ValueError(f"tcp keepalive user_timeout must be >= 0 seconds, got {timeout!r}")
 
     @classmethod
     def off(cls) -> TcpKeepalive:

@@ -7,16 +7,27 @@ goes on the wire is under the test's control.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+import re
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import h11
 import pytest
 import trio
+import trio.testing
 
 from health import HealthState, ServingStatus
-from health.admin import AdminServer
+from health.admin import (
+    AdminServer,
+    AdminTokenError,
+    format_address,
+    is_loopback,
+    read_token_file,
+)
 
 SERVING = ServingStatus.SERVING
 NOT_SERVING = ServingStatus.NOT_SERVING
@@ -40,7 +51,7 @@ class Reply:
 class Client:
     """An h11 client on one connection; requests on it are kept alive."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.conn = h11.Connection(h11.CLIENT)
 
@@ -109,7 +120,7 @@ StartAdmin = Callable[..., Awaitable[Admin]]
 
 
 @pytest.fixture
-async def start_admin(nursery: trio.Nursery) -> AsyncIterator[StartAdmin]:
+async def start_admin(nursery: trio.Nursery) -> StartAdmin:
     """Start AdminServers on 127.0.0.1:0; they are cancelled with the test's nursery."""
 
     async def start(state: HealthState | None = None, **kwargs: Any) -> Admin:
@@ -118,7 +129,7 @@ async def start_admin(nursery: trio.Nursery) -> AsyncIterator[StartAdmin]:
         _host, port = await nursery.start(server.serve_tcp, "127.0.0.1", 0)
         return Admin(state, port, server)
 
-    yield start
+    return start
 
 
 @pytest.fixture
@@ -141,8 +152,7 @@ def split_response(raw: bytes) -> tuple[str, dict[str, str], bytes]:
 # ----------------------------------------------------------------------------- routing
 
 
-@pytest.mark.parametrize("target", ["/", "/nope", "/healthz/", "/HEALTHZ", "/status/x",
-                                    "/metrics"])
+@pytest.mark.parametrize("target", ["/", "/nope", "/healthz/", "/HEALTHZ", "/status/x"])
 async def test_unknown_path_is_404(admin: Admin, target: str) -> None:
     reply = await admin.request("GET", target)
     assert reply.status == 404
@@ -172,13 +182,37 @@ async def test_wrong_method_is_405_and_changes_nothing(admin: Admin, method: str
     assert not admin.state.draining
 
 
+async def test_metrics_off_is_404_that_says_how_to_turn_them_on(admin: Admin) -> None:
+    reply = await admin.request("GET", "/metrics")
+    assert reply.status == 404
+    error = reply.json["error"]
+    assert error.startswith("metrics are off")
+    assert "--metrics" in error
+    assert "trio-grpc-health[metrics]" in error
+
+
+@pytest.mark.parametrize(("target", "line"), [
+    ("/healthz", "HTTP/1.1 200 OK"),
+    ("/healthz?service=b", "HTTP/1.1 503 Service Unavailable"),
+    ("/nope", "HTTP/1.1 404 Not Found"),
+])
+async def test_status_lines_carry_reason_phrases(admin: Admin, target: str, line: str) -> None:
+    raw = await admin.raw(f"GET {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+                          .encode())
+    assert split_response(raw)[0] == line
+    raw = await admin.raw(b"POST /drain HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n"
+                          b"connection: close\r\n\r\n")
+    assert split_response(raw)[0] == "HTTP/1.1 200 OK"
+
+
 async def test_extra_routes_answer_get_only(start_admin: StartAdmin) -> None:
     admin = await start_admin(
         extra_routes={"/metrics": lambda: (200, "text/plain; version=0.0.4", b"up 1\n")})
     reply = await admin.request("GET", "/metrics")
     assert (reply.status, reply.headers["content-type"], reply.body) == (
         200, "text/plain; version=0.0.4", b"up 1\n")
-    assert (await admin.request("POST", "/metrics", b"x")).status == 404
+    refused = await admin.request("POST", "/metrics", b"x")
+    assert (refused.status, refused.json) == (405, {"error": "use GET"})
 
 
 # ----------------------------------------------------------------------------- service names
@@ -218,9 +252,58 @@ async def test_percent_encoded_names_and_last_value_wins(admin: Admin) -> None:
     assert admin.state.get("✓ ok+plus") is SERVING
     # "+" in a query is a space.
     assert (await admin.request("GET", "/healthz?service=%E2%9C%93+ok%2Bplus")).status == 200
-    # Repeated parameter: the last one counts.
+    # A repeated key is ambiguous: refused, not guessed.
     reply = await admin.request("GET", "/healthz?service=a&service=b")
-    assert (reply.status, reply.json["service"]) == (503, "b")
+    assert reply.status == 400
+    assert reply.json == {"error": "query key 'service' is repeated; give it once"}
+    before = admin.state.snapshot()
+    reply = await admin.request("PUT", "/status?service=a&x=1&service=b", b"UNKNOWN")
+    assert reply.status == 400
+    assert admin.state.snapshot() == before
+
+
+@pytest.mark.parametrize("target", ["/healthz?service=%zz", "/healthz?service=a%2",
+                                    "/healthz?service=%", "/status?service=%G0"])
+async def test_bad_percent_escape_is_400(admin: Admin, target: str) -> None:
+    before = admin.state.snapshot()
+    reply = await admin.request("PUT" if target.startswith("/status") else "GET", target,
+                                b"SERVING" if target.startswith("/status") else b"")
+    assert reply.status == 400
+    assert reply.json["error"].startswith("bad percent-escape ")
+    assert "two hex digits" in reply.json["error"]
+    assert admin.state.snapshot() == before
+
+
+async def test_percent_decoding_of_every_byte(admin: Admin) -> None:
+    name = "pkg.Svc/ä ✓%&="
+    encoded = "".join(f"%{b:02X}" for b in name.encode())
+    reply = await admin.request("PUT", f"/status?service={encoded}", b"SERVING")
+    assert (reply.status, reply.json["service"]) == (200, name)
+    assert admin.state.get(name) is SERVING
+
+
+@pytest.mark.parametrize("line", [b"GET /healthz?service=\xe2\x9c\x93 HTTP/1.1",
+                                  b"GET /healthz?service=\xff HTTP/1.1",
+                                  b"PUT /status?service=a\x01b HTTP/1.1"])
+async def test_raw_non_ascii_request_line_is_400_in_plain_words(admin: Admin,
+                                                                line: bytes) -> None:
+    raw = await admin.raw(line + b"\r\nhost: x\r\ncontent-length: 7\r\n\r\nSERVING")
+    status_line, headers, rest = split_response(raw)
+    assert status_line == "HTTP/1.1 400 Bad Request"
+    assert headers["connection"] == "close"
+    error = json.loads(rest)["error"]
+    assert error.startswith("malformed request line: it must be ASCII")
+    assert "percent-encode service names" in error
+    assert "bytearray" not in error
+    assert "\\x" not in error
+    assert admin.state.snapshot() == {"": SERVING, "a": SERVING, "b": NOT_SERVING}
+
+
+async def test_header_errors_do_not_echo_the_header(admin: Admin) -> None:
+    raw = await admin.raw(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-secret s3cr3t-value\r\n\r\n")
+    status_line, _headers, rest = split_response(raw)
+    assert status_line == "HTTP/1.1 400 Bad Request"
+    assert b"s3cr3t" not in rest
 
 
 @pytest.mark.parametrize("target", ["/healthz?service=%ff", "/status?service=%C3%28"])
@@ -431,3 +514,167 @@ async def test_shutdown_without_callback_drains(admin: Admin) -> None:
     assert (reply.status, reply.json) == (202, {"draining": True})
     assert admin.state.draining
     assert admin.state.get("a") is NOT_SERVING
+
+
+# ----------------------------------------------------------------------------- who may change
+
+
+MUTATIONS = [("PUT", "/status?service=a", b"NOT_SERVING"), ("DELETE", "/status?service=a", b""),
+             ("POST", "/drain", b""), ("POST", "/resume", b""), ("POST", "/shutdown", b"")]
+TOKEN = "s3cr3t-Token_value.~+/=="
+
+
+def _unchanged(admin: Admin) -> bool:
+    return admin.state.snapshot() == {"": SERVING, "a": SERVING, "b": NOT_SERVING} and \
+        not admin.state.draining
+
+
+@pytest.fixture
+async def guarded(start_admin: StartAdmin) -> Admin:
+    return await start_admin(HealthState({"a": SERVING, "b": NOT_SERVING}), token=TOKEN)
+
+
+@pytest.mark.parametrize(("method", "target", "body"), MUTATIONS)
+async def test_with_a_token_changes_need_it(guarded: Admin, method: str, target: str,
+                                            body: bytes, caplog: pytest.LogCaptureFixture,
+                                            ) -> None:
+    missing = await guarded.request(method, target, body)
+    assert missing.status == 401
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert _unchanged(guarded)
+    basic = await guarded.request(method, target, body, [("authorization", "Basic dTpw")])
+    assert basic.status == 401
+    assert 'error="invalid_request"' in basic.headers["www-authenticate"]
+    wrong = await guarded.request(method, target, body,
+                                  [("authorization", "Bearer not-the-token")])
+    assert (wrong.status, wrong.json) == (403, {"error": "wrong token"})
+    twice = await guarded.request(method, target, body, [("authorization", f"Bearer {TOKEN}"),
+                                                         ("authorization", f"Bearer {TOKEN}")])
+    assert twice.status == 401
+    assert _unchanged(guarded)
+    right = await guarded.request(method, target, body, [("authorization", f"bearer  {TOKEN}")])
+    assert right.status in (200, 202)
+    # Refusals are logged with the peer, never with what the client sent as credentials.
+    assert "wrong token" in caplog.text
+    assert "127.0.0.1:" in caplog.text
+    assert "not-the-token" not in caplog.text
+    assert TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize("target", ["/healthz", "/healthz?service=a", "/status"])
+async def test_reading_stays_open_with_a_token(guarded: Admin, target: str) -> None:
+    assert (await guarded.request("GET", target)).status == 200
+
+
+async def test_metrics_stay_open_with_a_token(start_admin: StartAdmin) -> None:
+    admin = await start_admin(token=TOKEN, extra_routes={"/metrics": lambda: (
+        200, "text/plain; version=0.0.4", b"up 1\n")})
+    assert (await admin.request("GET", "/metrics")).status == 200
+
+
+async def test_token_file_is_read_once(start_admin: StartAdmin, tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(f"  {TOKEN}\n")
+    admin = await start_admin(token_file=path)
+    assert admin.server.protected
+    path.write_text("changed")
+    reply = await admin.request("POST", "/drain", headers=[("authorization", f"Bearer {TOKEN}")])
+    assert reply.status == 200
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "cannot read the admin token file"),
+    ("", "is empty"), ("\n  \n", "is empty"), ("two words", "a bearer token is letters"),
+    ("caf\u00e9", "a bearer token is letters"),
+])
+def test_unusable_token_files(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "token"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(AdminTokenError, match=message) as info:
+        AdminServer(HealthState(), token_file=path)
+    assert str(path) in str(info.value)
+    with pytest.raises(AdminTokenError, match=message):
+        read_token_file(path)
+
+
+def test_token_and_token_file_together_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not both"):
+        AdminServer(HealthState(), token="a", token_file=tmp_path / "t")
+
+
+async def _over_memory(admin: AdminServer, peer: tuple[str, int], method: str, target: str,
+                       body: bytes = b"", headers: list[tuple[str, str]] | None = None) -> Reply:
+    # An in-memory connection that the server sees as coming from ``peer``: no traffic leaves
+    # the process, yet the peer check runs exactly as for an accepted socket.
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(admin.handle_stream, server_stream, peer)
+        reply = await Client(client_stream).request(method, target, body, headers)
+        await client_stream.aclose()
+    return reply
+
+
+@pytest.mark.parametrize(("method", "target", "body"), MUTATIONS)
+async def test_without_a_token_changes_need_a_loopback_peer(
+        method: str, target: str, body: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    state = HealthState({"a": SERVING, "b": NOT_SERVING})
+    admin = AdminServer(state)
+    remote = ("192.0.2.7", 40000)
+    refused = await _over_memory(admin, remote, method, target, body)
+    assert refused.status == 403
+    assert "loopback only" in refused.json["error"]
+    assert "--admin-token-file" in refused.json[
+        "error"]
+    assert state.snapshot() == {"": SERVING, "a": SERVING, "b": NOT_SERVING}
+    assert "192.0.2.7:40000" in caplog.text
+    assert (await _over_memory(admin, remote, "GET", "/status")).status == 200
+    assert (await _over_memory(admin, remote, "GET", "/healthz")).status == 200
+    for loopback in (("127.0.0.1", 1), ("127.8.9.10", 2), ("::1", 3), ("::ffff:127.0.0.1", 4)):
+        state.resume()
+        state.set("a", SERVING)
+        reply = await _over_memory(admin, loopback, method, target, body)
+        assert reply.status in (200, 202), loopback
+
+
+async def test_a_token_lets_other_peers_change_things() -> None:
+    state = HealthState({"a": SERVING})
+    admin = AdminServer(state, token=TOKEN)
+    remote = ("2001:db8::5", 40000)
+    assert (await _over_memory(admin, remote, "POST", "/drain")).status == 401
+    reply = await _over_memory(admin, remote, "POST", "/drain",
+                               headers=[("authorization", f"Bearer {TOKEN}")])
+    assert reply.status == 200
+    assert state.draining
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.255.0.9", True), ("::1", True), ("::ffff:127.0.0.2", True),
+    ("10.0.0.1", False), ("192.0.2.1", False), ("::ffff:192.0.2.1", False), ("2001:db8::1", False),
+    ("0.0.0.0", False), ("::", False), ("localhost", False), ("", False), ("fe80::1%eth0", False),
+])
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_format_address_brackets_ipv6() -> None:
+    assert format_address("::1", 8081) == "[::1]:8081"
+    assert format_address("127.0.0.1", 8081) == "127.0.0.1:8081"
+
+
+async def test_ipv6_listener_logs_the_peer_in_brackets(
+        nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    state = HealthState()
+    admin = AdminServer(state)
+    try:
+        host, port = await nursery.start(admin.serve_tcp, "::1", 0)
+    except OSError as exc:
+        pytest.skip(f"cannot listen on ::1: {exc}")
+    assert host == "::1"
+    caplog.set_level(logging.INFO, logger="health.admin")
+    async with await trio.open_tcp_stream("::1", port) as stream:
+        reply = await Client(stream).request("PUT", "/status?service=v6", b"SERVING")
+    assert reply.status == 200
+    assert re.search(r"admin: PUT /status service='v6' from \[::1\]:\d+: 200 OK", caplog.text)

@@ -17,13 +17,15 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
 
+from health._health_pb2 import HealthCheckRequest, HealthCheckResponse
+from health.client import CHECK_PATH
 from health.probe import (
     EXIT_CONNECTION_FAILURE,
     EXIT_INVALID_ARGUMENTS,
@@ -31,6 +33,7 @@ from health.probe import (
     EXIT_SERVING,
     EXIT_UNHEALTHY,
     UsageError,
+    dial_address,
     format_duration,
     main,
     parse_args,
@@ -39,7 +42,8 @@ from health.probe import (
 from health.service import HealthServer
 from health.status import ServingStatus
 from tests.grpcio_health_server import SLOW_SERVICE, GrpcioHealthServer
-from wire import Server
+from wire import RpcError, Server, ServerCall, StatusCode, unary_unary
+from wire.tls import server_context
 
 
 @dataclass
@@ -95,7 +99,7 @@ def test_parse_duration(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize("text", ["", "1", "s", "1x", "1.s2", "--1s", "1 s", "."])
 def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
 
 
@@ -118,19 +122,28 @@ def test_go_and_gnu_flag_spellings() -> None:
                        "-authority", ":5000", "-output=json", "-wait", "1m"])
     assert opts.addr == "localhost:5000"
     assert opts.services == ["a", "b"]
-    assert opts.connect_timeout == 0.25 and opts.rpc_timeout == 2.0
-    assert opts.tls and opts.tls_no_verify and not opts.gzip and opts.verbose
+    assert opts.connect_timeout == 0.25
+    assert opts.rpc_timeout == 2.0
+    assert opts.tls
+    assert opts.tls_no_verify
+    assert not opts.gzip
+    assert opts.verbose
     assert opts.rpc_headers == [("x-a", "b"), ("x-c", "d")]
     assert opts.user_agent == "kube-probe/1.30"
-    assert opts.authority == ":5000" and opts.output == "json" and opts.wait == 60.0
+    assert opts.authority == ":5000"
+    assert opts.output == "json"
+    assert opts.wait == 60.0
 
 
 def test_defaults_match_grpc_health_probe() -> None:
     opts = parse_args(["-addr", "h:1"])
     assert opts.services == [""]
-    assert opts.connect_timeout == 1.0 and opts.rpc_timeout == 1.0
+    assert opts.connect_timeout == 1.0
+    assert opts.rpc_timeout == 1.0
     assert opts.user_agent == "grpc_health_probe"
-    assert not opts.tls and opts.output == "text" and opts.wait == 0
+    assert not opts.tls
+    assert opts.output == "text"
+    assert opts.wait == 0
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -154,13 +167,16 @@ def test_defaults_match_grpc_health_probe() -> None:
      "cannot specify -tls-server-name with -tls-no-verify"),
     (["-addr", "h:1", "-bogus"], "flag provided but not defined: -bogus"),
     (["-addr"], "flag needs an argument: -addr"),
-    (["-addr", "h:1", "extra"], "unexpected argument"),
+    (["-addr", "h:1", "---addr"], "bad flag syntax: ---addr"),
+    (["-addr", "h:1", "-=x"], "bad flag syntax: -=x"),
     (["-addr", "h:1", "-tls=maybe"], "invalid boolean value"),
     (["-addr", "h:1", "-rpc-header", "novalue"], "invalid RPC header"),
     (["-addr", "h:1", "-rpc-header", "Bad Key: v"], "invalid RPC header"),
     (["-addr", "h:1", "-output", "xml"], "-output must be text or json"),
-    (["-addr", "nohostport"], "invalid -addr"),
+    (["-addr", "h:"], "invalid -addr"),
     (["-addr", "h:1", "-watch", "-list"], "cannot specify -watch with -list"),
+    (["-addr", "h:1", "-list", "-service", "a"], "cannot specify -service with -list"),
+    (["-addr", "h:1", "-service=", "-list"], "cannot specify -service with -list"),
 ])
 def test_bad_arguments_exit_1(argv: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=re.escape(message)):
@@ -171,11 +187,68 @@ def test_bad_arguments_exit_1(argv: list[str], message: str) -> None:
     assert message in result.err
 
 
-def test_help_and_version_exit_0() -> None:
-    help_run = run_probe("-h")
-    assert help_run.code == EXIT_SERVING and "-addr" in help_run.out
+@pytest.mark.parametrize("flag", ["-h", "--h", "-help", "--help"])
+def test_help_goes_to_stderr_and_exits_1(flag: str) -> None:
+    # Go's flag package prints the usage on stderr; grpc_health_probe then exits 1.
+    help_run = run_probe(flag, "-addr", "h:1")
+    assert help_run.code == EXIT_INVALID_ARGUMENTS
+    assert help_run.out == ""
+    assert help_run.err.startswith("usage: grpc_health_probe")
+    assert "-addr" in help_run.err
+
+
+def test_version_exits_0() -> None:
     version_run = run_probe("-version")
-    assert version_run.code == EXIT_SERVING and "version" in version_run.out
+    assert version_run.code == EXIT_SERVING
+    assert "version" in version_run.out
+
+
+@pytest.mark.parametrize(("argv", "services"), [
+    # Go's flag package stops at the first non-flag argument; the rest is ignored.
+    (["-addr", "h:1", "-service", "s", "extra"], ["s"]),
+    (["-addr", "h:1", "extra", "-service", "ns"], [""]),
+    (["-addr", "h:1", "-", "-service", "ns"], [""]),
+    (["-addr", "h:1", "--", "-service", "ns"], [""]),
+    (["-addr", "h:1", "-tls", "false", "-service", "ns"], [""]),  # -tls takes no separate value
+    (["-addr", "h:1", "-service", "-odd-name"], ["-odd-name"]),  # a value may start with "-"
+    (["-addr", "h:1", "-list", "x", "-service", "ignored"], [""]),
+])
+def test_parsing_stops_at_the_first_non_flag(argv: list[str], services: list[str]) -> None:
+    opts = parse_args(argv)
+    assert opts.services == services
+    assert opts.addr == "h:1"
+
+
+async def test_extra_arguments_are_ignored_end_to_end() -> None:
+    health = HealthServer()
+    health.set("s", ServingStatus.SERVING)
+    health.set("ns", ServingStatus.NOT_SERVING)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(health.serve_tcp, "127.0.0.1", 0)
+        addr = f"127.0.0.1:{health.port}"
+        checks_s = await probe("-addr", addr, "-service", "s", "extra")
+        checks_empty = await probe("-addr", addr, "extra", "-service", "ns")
+        await health.shutdown(0)
+    assert (checks_s.code, checks_s.err) == (EXIT_SERVING, "status: SERVING\n")
+    assert (checks_empty.code, checks_empty.err) == (EXIT_SERVING, "status: SERVING\n")
+
+
+@pytest.mark.parametrize(("addr", "dialed"), [
+    ("127.0.0.1", "127.0.0.1:443"), ("localhost", "localhost:443"), ("::1", "[::1]:443"),
+    ("[::1]", "[::1]:443"), ("dns:///example.test", "dns:///example.test:443"),
+    ("127.0.0.1:50051", "127.0.0.1:50051"), ("[::1]:5", "[::1]:5"), (":5", ":5"),
+    ("unix:/run/x.sock", "unix:/run/x.sock"), ("h:", "h:"),
+])
+def test_dial_address_defaults_to_port_443_like_grpc_go(addr: str, dialed: str) -> None:
+    assert dial_address(addr) == dialed
+
+
+async def test_address_without_port_dials_443_and_times_out() -> None:
+    # grpc-go dials 127.0.0.1:443; nothing listens there, so the real probe keeps trying
+    # until the connect timeout and exits 2.
+    result = await probe("-addr", "127.0.0.1", "-connect-timeout", "300ms")
+    assert result.code == EXIT_CONNECTION_FAILURE
+    assert result.err.startswith('timeout: failed to connect service "127.0.0.1" within 300ms')
 
 
 def test_missing_tls_files_exit_1(tmp_path: Path) -> None:
@@ -225,7 +298,9 @@ async def test_list_unimplemented_by_grpcio_exits_3(grpcio_server: GrpcioHealthS
     result = await probe("-addr", grpcio_server.address, "-list")
     assert result.code in (EXIT_RPC_FAILURE, EXIT_UNHEALTHY, EXIT_SERVING)
     if result.code == EXIT_RPC_FAILURE:
-        assert "does not implement the grpc health protocol" in result.err
+        # grpcio-health-checking releases without List answer Check.
+        assert result.err.startswith("error: this server answers Check but does not "
+                                     "implement List")
 
 
 async def test_gzip_headers_user_agent_verbose(grpcio_server: GrpcioHealthServer) -> None:
@@ -259,23 +334,50 @@ async def test_json_output(grpcio_server: GrpcioHealthServer) -> None:
         ("probe.up", "SERVING", 0), ("probe.down", "NOT_SERVING", 4)]
 
 
-async def test_wait_retries_until_serving(grpcio_server: GrpcioHealthServer) -> None:
+async def test_wait_retries_until_serving() -> None:
+    # A Check that answers NOT_FOUND until released: the probe must have been refused at
+    # least twice (so it did retry) before the status it finally reports.
+    calls: list[str] = []
+    refused_twice = trio.Event()
+    released = trio.Event()
+
+    def check(request: bytes, call: ServerCall) -> bytes:
+        calls.append(HealthCheckRequest.FromString(request).service)
+        if len(calls) >= 2:
+            refused_twice.set()
+        if not released.is_set():
+            raise RpcError(StatusCode.NOT_FOUND, "unknown service")
+        return HealthCheckResponse(status=ServingStatus.SERVING).SerializeToString()
+
+    server = Server([unary_unary(CHECK_PATH, check, bytes, bytes)])
     async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(server.serve_tcp, "127.0.0.1", 0)
         results: list[Run] = []
+        done = trio.Event()
 
         async def run() -> None:
-            results.append(await probe("-addr", grpcio_server.address, "-service",
-                                       "probe.later", "-wait", "20s"))
+            results.append(await probe("-addr", f"127.0.0.1:{port}", "-service", "probe.later",
+                                       "-wait", "20s", "-v"))
+            done.set()
 
         nursery.start_soon(run)
-        await trio.sleep(0.3)  # the probe is retrying (NOT_FOUND) meanwhile
-        await grpcio_server.set("probe.later", "SERVING")
+        with trio.fail_after(20):
+            await refused_twice.wait()
+        released.set()
+        with trio.fail_after(20):
+            await done.wait()
+        await server.shutdown(0)
     assert results[0].code == EXIT_SERVING
-    assert results[0].err == "status: SERVING\n"
+    assert "attempt 1 failed (exit code 3); retrying" in results[0].err
+    assert "attempt 2 failed (exit code 3); retrying" in results[0].err
+    assert results[0].err.endswith("status: SERVING\n")
+    assert len(calls) >= 3
+    assert set(calls) == {"probe.later"}
 
 
 async def test_wait_gives_up_with_the_last_outcome(free_port: int) -> None:
-    result = await probe("-addr", f"127.0.0.1:{free_port}", "-wait", "300ms")
+    result = await probe("-addr", f"127.0.0.1:{free_port}", "-wait", "300ms",
+                         "-connect-timeout", "100ms")
     assert result.code == EXIT_CONNECTION_FAILURE
     assert result.err.count("failed to connect") == 1
 
@@ -283,10 +385,35 @@ async def test_wait_gives_up_with_the_last_outcome(free_port: int) -> None:
 # ---------------------------------------------------------------------- connection failures
 
 
-async def test_nothing_listening_exits_2(free_port: int) -> None:
-    result = await probe("-addr", f"127.0.0.1:{free_port}")
+async def test_nothing_listening_retries_until_the_connect_timeout(free_port: int) -> None:
+    result = await probe("-addr", f"127.0.0.1:{free_port}", "-connect-timeout", "300ms", "-v")
     assert result.code == EXIT_CONNECTION_FAILURE
-    assert result.err.startswith(f'error: failed to connect service at "127.0.0.1:{free_port}"')
+    assert result.err.count("connection refused; retrying") >= 2
+    assert result.err.endswith(f'timeout: failed to connect service "127.0.0.1:{free_port}" '
+                               "within 300ms (last attempt: connection refused)\n")
+
+
+async def test_a_server_that_starts_within_the_connect_timeout_is_reached(
+        free_port: int) -> None:
+    health = HealthServer()
+    async with trio.open_nursery() as nursery:
+        results: list[Run] = []
+        done = trio.Event()
+
+        async def run() -> None:
+            results.append(await probe("-addr", f"127.0.0.1:{free_port}",
+                                       "-connect-timeout", "20s", "-v"))
+            done.set()
+
+        nursery.start_soon(run)
+        await trio.sleep(0.3)  # refused meanwhile (the test checks it did retry)
+        await nursery.start(health.serve_tcp, "127.0.0.1", free_port)
+        with trio.fail_after(20):
+            await done.wait()
+        await health.shutdown(0)
+    assert results[0].code == EXIT_SERVING
+    assert "connection refused; retrying" in results[0].err
+    assert results[0].err.endswith("status: SERVING\n")
 
 
 async def test_connect_timeout_exits_2() -> None:
@@ -467,10 +594,67 @@ async def test_tls_untrusted_or_wrong_name_exits_2(grpcio_tls_server: GrpcioHeal
     assert "TLS" in wrong_name.err
 
 
-async def test_plaintext_probe_against_tls_server_exits_2(
+async def test_plaintext_probe_against_tls_server_exits_2_with_a_hint(
         grpcio_tls_server: GrpcioHealthServer) -> None:
     result = await probe("-addr", grpcio_tls_server.address, "-connect-timeout", "500ms")
     assert result.code == EXIT_CONNECTION_FAILURE
+    assert result.err.startswith("error: failed to connect service at")
+    assert result.err.endswith("(is it a TLS port? try -tls)\n")
+
+
+@pytest.fixture
+async def mtls_server(tls_files: TLSFiles) -> AsyncIterator[str]:
+    """Our server on 127.0.0.1, requiring a client certificate signed by the test CA."""
+    health = HealthServer()
+    ctx = server_context(tls_files.cert, tls_files.key, client_ca=tls_files.ca,
+                         require_client_cert=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(health.serve_tcp, "127.0.0.1", 0,
+                                              ssl_context=ctx))
+        yield f"127.0.0.1:{health.port}"
+        await health.shutdown(0)
+
+
+async def test_plaintext_against_our_tls_server_hints_tls(mtls_server: str) -> None:
+    result = await probe("-addr", mtls_server)
+    assert result.code == EXIT_CONNECTION_FAILURE
+    assert result.err.endswith("(is it a TLS port? try -tls)\n")
+    as_json = await probe("-addr", mtls_server, "-output", "json")
+    assert json.loads(as_json.out)["hint"] == "is it a TLS port? try -tls"
+
+
+async def test_refused_client_certificate_hints_so(mtls_server: str, tls_files: TLSFiles,
+                                                    tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    stranger = trustme.CA().issue_cert("stranger.test")
+    cert, key = tmp_path / "stranger.pem", tmp_path / "stranger-key.pem"
+    stranger.cert_chain_pems[0].write_to_path(cert)
+    stranger.private_key_pem.write_to_path(key)
+    wrong = await probe("-addr", mtls_server, "-tls", "-tls-ca-cert", tls_files.ca,
+                        "-tls-client-cert", str(cert), "-tls-client-key", str(key))
+    assert wrong.code == EXIT_CONNECTION_FAILURE
+    assert wrong.err.endswith("(the server refused the client certificate)\n")
+    none = await probe("-addr", mtls_server, "-tls", "-tls-ca-cert", tls_files.ca)
+    assert none.code == EXIT_CONNECTION_FAILURE
+    assert "the server refused the client certificate: it may require one" in none.err
+    good = await probe("-addr", mtls_server, "-tls", "-tls-ca-cert", tls_files.ca,
+                       "-tls-client-cert", tls_files.client_cert,
+                       "-tls-client-key", tls_files.client_key)
+    assert (good.code, good.err) == (EXIT_SERVING, "status: SERVING\n")
+
+
+async def test_list_against_a_server_with_check_only_says_so() -> None:
+    def check(request: bytes, call: ServerCall) -> bytes:
+        return HealthCheckResponse(status=ServingStatus.SERVING).SerializeToString()
+
+    server = Server([unary_unary(CHECK_PATH, check, bytes, bytes)])
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(server.serve_tcp, "127.0.0.1", 0)
+        listed = await probe("-addr", f"127.0.0.1:{port}", "-list")
+        await server.shutdown(0)
+    assert listed.code == EXIT_RPC_FAILURE
+    assert listed.err.startswith("error: this server answers Check but does not implement "
+                                 "List (grpc.health.v1.Health/List)")
 
 
 def test_ssl_module_available() -> None:

@@ -59,7 +59,7 @@ def test_off_changes_nothing() -> None:
      ("user_timeout", 3e6)],
 )
 def test_bad_values_are_refused_naming_the_field(field: str, value: object) -> None:
-    with pytest.raises(ValueError, match=field.replace("_", " ")):
+    with pytest.raises(ValueError, match=field):
         TcpKeepalive(**{field: value})  # type: ignore[arg-type]
 
 
