@@ -5,13 +5,13 @@ Invariant: a request either parses or fails with ``RpcError`` INTERNAL; nothing 
 
 from __future__ import annotations
 
-from health.service import _parse_check_request, _parse_list_request
+from health.protocol import parse_check_request, parse_list_request
 from wire import RpcError, StatusCode
 
 
 def one_input(data: bytes) -> None:
     """Parse ``data`` as both request types."""
-    for parse in (_parse_check_request, _parse_list_request):
+    for parse in (parse_check_request, parse_list_request):
         try:
             parse(data)
         except RpcError as exc:

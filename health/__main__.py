@@ -11,27 +11,24 @@ drain stops at once. Logs go to stderr, one line per status change.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
-import signal
-import ssl
 import sys
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 import trio
 
-from wire.tls import TLSConfigError, server_context
+from wire.tls import TLSConfigError
 
-from .admin import AdminServer
-from .config import ConfigError, Sidecar, SidecarConfig, load_config
+from .config import FLAG_SETTINGS, ConfigError, SidecarConfig, TlsConfig, load_config
 from .errors import HealthError
-from .service import DEFAULT_LIST_LIMIT, HealthServer
-from .state import HealthState
+from .service import DEFAULT_LIST_LIMIT
+from .sidecar import SidecarProcess
 from .status import ServingStatus, parse_status
 
 __all__ = ["main", "serve_main"]
-
-logger = logging.getLogger("health")
 
 
 def _service_arg(text: str) -> tuple[str, ServingStatus]:
@@ -102,99 +99,58 @@ def _serve_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _log_change(service: str, old: ServingStatus | None, new: ServingStatus | None) -> None:
-    logger.info("status %r: %s -> %s", service, old.name if old is not None else "absent",
-                new.name if new is not None else "absent")
+def _tls_from_args(args: argparse.Namespace) -> TlsConfig | None:
+    if not args.tls_cert:
+        return None
+    return TlsConfig(Path(args.tls_cert), Path(args.tls_key) if args.tls_key else None,
+                     Path(args.tls_client_ca) if args.tls_client_ca else None,
+                     args.require_client_cert)
 
 
-async def _serve(args: argparse.Namespace, config: SidecarConfig | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> int:
-    initial = config.initial_statuses() if config is not None else {}
-    initial.update(args.service)  # --service flags win over the file
-    state = HealthState(initial)
-    state.add_listener(_log_change)
-    server = HealthServer(state, list_limit=args.list_limit)
-    # Built before any task starts: a ConfigError (no prometheus_client) stops us here.
-    sidecar = Sidecar(config, state, service=server.service, metrics=args.metrics)
-    stop = trio.Event()
-    # Catch SIGTERM/SIGINT before announcing the ports: a supervisor may signal as soon as it
-    # reads the "listening" line, and the default action would kill us without draining.
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
+def _config_from_args(args: argparse.Namespace, base: SidecarConfig) -> SidecarConfig:
+    """The file's config with every flag applied (flags default to the file's values)."""
+    return dataclasses.replace(
+        base, **{name: getattr(args, name) for name in FLAG_SETTINGS},
+        tls=_tls_from_args(args), status_overrides=tuple(args.service))
 
-            async def wait_signal() -> None:
-                async for signum in signals:
-                    if stop.is_set():
-                        logger.warning("second signal: stopping now")
-                        nursery.cancel_scope.cancel()
-                        return
-                    logger.info("received %s: draining", signal.Signals(signum).name)
-                    stop.set()
 
-            nursery.start_soon(wait_signal)
-            if args.unix:
-                await nursery.start(server.serve_unix, args.unix)
-                logger.info("health server listening on unix:%s", args.unix)
-            else:
-                await nursery.start(partial(server.serve_tcp, args.host, args.port,
-                                            ssl_context=ssl_context))
-                host, port = server.address
-                logger.info("health server listening on %s:%d%s", host, port,
-                            " (TLS)" if ssl_context is not None else "")
-            # Every configured check has run once before we announce ourselves.
-            await nursery.start(sidecar.run)
-            # Machine-readable line for wrappers and tests that ask for port 0.
-            print(f"listening {server.address if args.unix else server.port}", flush=True)
-            if args.admin_port is not None:
-                admin = AdminServer(state, on_shutdown=stop.set,
-                                    extra_routes=sidecar.admin_routes())
-                admin_addr = await nursery.start(admin.serve_tcp, "127.0.0.1", args.admin_port)
-                logger.info("admin API on http://127.0.0.1:%d", admin_addr[1])
-                print(f"admin {admin_addr[1]}", flush=True)
-            await stop.wait()
-            logger.info("graceful shutdown: grace %.1f s", args.grace)
-            await server.shutdown(args.grace)
-            logger.info("stopped")
-            nursery.cancel_scope.cancel()
-    return 0
+def _announce(line: str) -> None:
+    print(line, flush=True)
+
+
+def _error(message: object) -> int:
+    sys.stderr.write(f"python -m health serve: error: {message}\n")
+    return 2
 
 
 def serve_main(argv: Sequence[str]) -> int:
     """Run ``serve`` with the given arguments; returns the exit code."""
     parser = _serve_parser()
     args = parser.parse_args(list(argv))
-    config: SidecarConfig | None = None
+    base = SidecarConfig()
     if args.config is not None:
         try:
-            config = load_config(args.config)
+            base = load_config(args.config)
         except ConfigError as exc:
-            sys.stderr.write(f"python -m health serve: error: {exc}\n")
-            return 2
+            return _error(exc)
         # The file's values become the flags' defaults, so explicit flags still win.
-        parser.set_defaults(**config.arg_defaults())
+        parser.set_defaults(**base.arg_defaults())
         args = parser.parse_args(list(argv))
     if args.metrics and args.admin_port is None:
         parser.error("--metrics needs --admin-port (or admin_port in the config file)")
-    ssl_context = None
     if args.tls_cert or args.tls_key or args.tls_client_ca or args.require_client_cert:
         if not args.tls_cert:
             parser.error("TLS needs --tls-cert (and --tls-key unless the key is in it)")
         if args.unix:
             parser.error("TLS is for TCP; do not combine it with --unix")
-        try:
-            ssl_context = server_context(args.tls_cert, args.tls_key,
-                                         client_ca=args.tls_client_ca,
-                                         require_client_cert=args.require_client_cert)
-        except TLSConfigError as exc:
-            sys.stderr.write(f"python -m health serve: error: {exc}\n")
-            return 2
+    config = _config_from_args(args, base)
+    try:
+        process = SidecarProcess(config)
+    except (ConfigError, TLSConfigError) as exc:
+        return _error(exc)
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return trio.run(_serve, args, config, ssl_context)
-    except ConfigError as exc:
-        sys.stderr.write(f"python -m health serve: error: {exc}\n")
-        return 2
+    return trio.run(partial(process.run, _announce))
 
 
 _USAGE = """usage: python -m health {serve,probe} [options]

@@ -16,37 +16,19 @@ from contextlib import asynccontextmanager
 from wire import Channel, ResponseStream, StatusCode
 from wire.metadata import MetadataLike
 
-from ._health_pb2 import (
-    HealthCheckRequest,
-    HealthCheckResponse,
-    HealthListRequest,
-    HealthListResponse,
+from .protocol import (
+    CHECK_PATH,
+    LIST_PATH,
+    WATCH_PATH,
+    check_request,
+    list_request,
+    parse_check_response,
+    parse_list_response,
 )
-from ._messages import parse_message
 from .status import ServingStatus
 
+# The paths stay importable from here (they were defined here before health.protocol).
 __all__ = ["CHECK_PATH", "LIST_PATH", "WATCH_PATH", "HealthClient", "HealthWatchStream"]
-
-_SERVICE = "grpc.health.v1.Health"
-CHECK_PATH = f"/{_SERVICE}/Check"
-LIST_PATH = f"/{_SERVICE}/List"
-WATCH_PATH = f"/{_SERVICE}/Watch"
-
-
-def _to_status(number: int) -> ServingStatus:
-    try:
-        return ServingStatus(number)
-    except ValueError:
-        # proto3 enums are open: a newer server may send a value we do not know.
-        return ServingStatus.UNKNOWN
-
-
-def _parse_response(data: bytes) -> ServingStatus:
-    return _to_status(int(parse_message(HealthCheckResponse, data).status))
-
-
-def _check_request(service: str) -> bytes:
-    return HealthCheckRequest(service=service).SerializeToString()
 
 
 class HealthWatchStream:
@@ -59,7 +41,7 @@ class HealthWatchStream:
         return self
 
     async def __anext__(self) -> ServingStatus:
-        return _parse_response(await self._stream.__anext__())
+        return parse_check_response(await self._stream.__anext__())
 
     @property
     def code(self) -> StatusCode | None:
@@ -88,9 +70,9 @@ class HealthClient:
     ) -> ServingStatus:
         """Ask for ``service``'s status once (``""`` is the whole server)."""
         result = await self.channel.unary_unary(
-            CHECK_PATH, _check_request(service), timeout=timeout, metadata=self.metadata,
+            CHECK_PATH, check_request(service), timeout=timeout, metadata=self.metadata,
             compression=self.compression)
-        return _parse_response(result.response)
+        return parse_check_response(result.response)
 
     async def list(
         self,
@@ -99,10 +81,9 @@ class HealthClient:
     ) -> dict[str, ServingStatus]:
         """Every service the server knows, with its status (gRFC A90 ``List``)."""
         result = await self.channel.unary_unary(
-            LIST_PATH, HealthListRequest().SerializeToString(), timeout=timeout,
+            LIST_PATH, list_request(), timeout=timeout,
             metadata=self.metadata, compression=self.compression)
-        resp = parse_message(HealthListResponse, result.response)
-        return {name: _to_status(int(entry.status)) for name, entry in resp.statuses.items()}
+        return parse_list_response(result.response)
 
     @asynccontextmanager
     async def watch(self, service: str = "") -> AsyncIterator[HealthWatchStream]:
@@ -112,7 +93,7 @@ class HealthClient:
         it with OK; leaving the block cancels the call.
         """
         async with self.channel.unary_stream(
-            WATCH_PATH, _check_request(service), metadata=self.metadata,
+            WATCH_PATH, check_request(service), metadata=self.metadata,
             compression=self.compression,
         ) as stream:
             yield HealthWatchStream(stream)

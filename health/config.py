@@ -1,10 +1,14 @@
 """The sidecar configuration file (``python -m health serve --config health.toml``).
 
-This module owns the TOML schema below, its validation (:func:`load_config`,
-:func:`parse_config` -> :class:`SidecarConfig`, or :class:`ConfigError` naming the file, the
-line and the key) and :func:`run_sidecar`, which runs what the file adds to a health server:
-the dependency checks (``health.checks``) and, when asked for, Prometheus metrics
-(``health.metrics``) for the admin port. See ``examples/health.toml`` for a commented example.
+This module owns the TOML schema below and its validation: :func:`load_config` and
+:func:`parse_config` turn TOML into frozen dataclasses (:class:`SidecarConfig` and what it
+holds), or raise :class:`ConfigError` naming the file, the line and the key. It is pure: it
+builds no probe, TLS context or server and starts nothing; :mod:`health.sidecar` builds and
+runs what a ``SidecarConfig`` describes. See ``examples/health.toml`` for a commented example.
+
+Adding a setting: a field on :class:`SidecarConfig` (its default is the flag's), one line in
+``_Loader.load`` reading the key, its name in :data:`FLAG_SETTINGS` if a ``serve`` flag sets
+it too, and its use in :mod:`health.sidecar`.
 
 Schema (every key optional unless marked required; unknown keys are errors, to catch typos)::
 
@@ -53,18 +57,19 @@ table points at the line of its enclosing key).
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import re
-import ssl
 import sys
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-import trio
-
+from ._moved import moved_names
+from ._toml_lines import KeyPath, format_key, key_lines
 from .checks import (
     DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_INTERVAL,
@@ -72,19 +77,14 @@ from .checks import (
     DEFAULT_TIMEOUT,
     Check,
     CheckRunner,
-    Probe,
-    command_check,
-    grpc_check,
-    http_check,
-    tcp_check,
+    managed_services,
 )
 from .errors import HealthError, InvalidStatusError
-from .service import DEFAULT_LIST_LIMIT, HealthService
-from .state import HealthState
+from .service import DEFAULT_LIST_LIMIT
 from .status import ServingStatus, parse_status
 
 if TYPE_CHECKING:
-    from .metrics import HealthMetrics
+    from .status_map import HealthState
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -93,21 +93,31 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 __all__ = [
     "CHECK_TYPES",
+    "FLAG_SETTINGS",
     "CheckConfig",
+    "CommandProbeConfig",
     "ConfigError",
+    "GrpcProbeConfig",
+    "HttpProbeConfig",
+    "Origin",
+    "ProbeConfig",
     "ServiceConfig",
-    "Sidecar",
     "SidecarConfig",
+    "TcpProbeConfig",
     "TlsConfig",
     "load_config",
     "parse_config",
-    "run_sidecar",
 ]
 
 CHECK_TYPES = ("tcp", "http", "command", "grpc")
 
-Route = Callable[[], tuple[int, str, bytes]]
-KeyPath = tuple[str | int, ...]
+#: The SidecarConfig fields that ``serve`` flags of the same name (``--admin-port`` ->
+#: ``admin_port``) also set; the flag wins over the file.
+FLAG_SETTINGS = ("host", "port", "unix", "admin_port", "grace", "list_limit", "metrics")
+
+
+# Running a config moved to health.sidecar; resolved lazily so that this module stays pure.
+__getattr__ = moved_names(__name__, "health.sidecar", ("Sidecar", "run_sidecar"))
 
 
 class ConfigError(HealthError):
@@ -130,34 +140,110 @@ class ConfigError(HealthError):
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a value was written (file, line, key), for errors found after parsing."""
+
+    file: str = ""
+    key: str = ""
+    line: int | None = None
+
+    def error(self, message: str) -> ConfigError:
+        """A ConfigError about this value."""
+        return ConfigError(message, file=self.file, key=self.key, line=self.line)
+
+
+@dataclass(frozen=True)
 class TlsConfig:
-    """TLS files for the gRPC port (validated to exist when the file is loaded)."""
+    """TLS files for the gRPC port (validated to exist when the file is loaded).
+
+    ``key`` may be None only when set from flags (``--tls-cert`` holding the key too).
+    """
 
     cert: Path
-    key: Path
+    key: Path | None
     client_ca: Path | None = None
     require_client_cert: bool = False
 
 
 @dataclass(frozen=True)
+class TcpProbeConfig:
+    """``type = "tcp"``: connect to ``host:port``."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class HttpProbeConfig:
+    """``type = "http"``: GET ``url`` and expect a status within ``expect_status``."""
+
+    url: str
+    expect_status: tuple[int, int] = (200, 399)
+    tls_ca: Path | None = None
+    tls_no_verify: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
+    #: Where ``tls_ca`` was written, for an unloadable CA file.
+    tls_ca_origin: Origin = field(default=Origin(), compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class CommandProbeConfig:
+    """``type = "command"``: run ``argv`` (in ``cwd``) and expect exit status 0."""
+
+    argv: tuple[str, ...]
+    cwd: str | None = None
+
+
+@dataclass(frozen=True)
+class GrpcProbeConfig:
+    """``type = "grpc"``: ask the health server at ``target`` about ``service``."""
+
+    target: str
+    service: str = ""
+    tls: bool = False
+    tls_ca: Path | None = None
+    #: Where ``tls_ca`` was written, for an unloadable CA file.
+    tls_ca_origin: Origin = field(default=Origin(), compare=False, repr=False)
+
+
+ProbeConfig = TcpProbeConfig | HttpProbeConfig | CommandProbeConfig | GrpcProbeConfig
+
+
+@dataclass(frozen=True)
 class CheckConfig:
-    """One check from the file: its parameters and the probe built from them."""
+    """One check from the file: its probe's parameters, schedule and thresholds."""
 
     name: str
     service: str
     type: str
-    params: Mapping[str, Any]
-    probe: Probe = field(compare=False, repr=False)
+    probe: ProbeConfig
     interval: float = DEFAULT_INTERVAL
     timeout: float = DEFAULT_TIMEOUT
     failure_threshold: int = DEFAULT_FAILURE_THRESHOLD
     success_threshold: int = DEFAULT_SUCCESS_THRESHOLD
 
     def to_check(self) -> Check:
-        """The ``health.checks.Check`` this entry describes."""
-        return Check(self.name, self.probe, service=self.service, interval=self.interval,
-                     timeout=self.timeout, failure_threshold=self.failure_threshold,
-                     success_threshold=self.success_threshold, threaded=False)
+        """Deprecated: use ``health.sidecar.build_check(check_config)``."""
+        warnings.warn("CheckConfig.to_check() moved to health.sidecar.build_check()",
+                      DeprecationWarning, stacklevel=2)
+        # Imported on use only: parsing stays free of what builds and runs checks.
+        from .sidecar import build_check
+
+        return build_check(self)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The probe's parameters as plain values (paths as strings, headers as a dict)."""
+        values = {f.name: getattr(self.probe, f.name) for f in dataclasses.fields(self.probe)
+                  if f.compare}
+        for key, value in values.items():
+            if isinstance(value, Path):
+                values[key] = str(value)
+        if isinstance(self.probe, HttpProbeConfig):
+            values["headers"] = dict(self.probe.headers)
+        if isinstance(self.probe, CommandProbeConfig):
+            values["argv"] = list(self.probe.argv)
+        return values
 
 
 @dataclass(frozen=True)
@@ -184,6 +270,8 @@ class SidecarConfig:
     aggregate: bool = True
     tls: TlsConfig | None = None
     services: tuple[ServiceConfig, ...] = ()
+    #: Initial statuses that win over the file's (``serve --service NAME=STATUS``).
+    status_overrides: tuple[tuple[str, ServingStatus], ...] = ()
 
     @property
     def checks(self) -> tuple[CheckConfig, ...]:
@@ -192,122 +280,42 @@ class SidecarConfig:
 
     def arg_defaults(self) -> dict[str, Any]:
         """The ``serve`` flags' values from the file, for ``ArgumentParser.set_defaults``."""
-        return {"host": self.host, "port": self.port, "unix": self.unix,
-                "admin_port": self.admin_port, "grace": self.grace,
-                "list_limit": self.list_limit, "metrics": self.metrics,
-                "tls_cert": str(self.tls.cert) if self.tls else None,
-                "tls_key": str(self.tls.key) if self.tls else None,
-                "tls_client_ca": str(self.tls.client_ca) if self.tls and self.tls.client_ca
-                else None,
-                "require_client_cert": bool(self.tls and self.tls.require_client_cert)}
+        tls = self.tls
+        return {**{name: getattr(self, name) for name in FLAG_SETTINGS},
+                "tls_cert": str(tls.cert) if tls else None,
+                "tls_key": str(tls.key) if tls and tls.key else None,
+                "tls_client_ca": str(tls.client_ca) if tls and tls.client_ca else None,
+                "require_client_cert": bool(tls and tls.require_client_cert)}
+
+    def pending_statuses(self) -> dict[str, ServingStatus]:
+        """The statuses the file gives its services (for checked ones: until first results)."""
+        return {s.name: s.status for s in self.services if s.status is not None}
+
+    def managed_services(self) -> list[str]:
+        """The services whose status the checks write (``""`` last when aggregated)."""
+        return managed_services((c.service for c in self.checks), aggregate=self.aggregate)
+
+    def check_runner(self, state: HealthState) -> CheckRunner:
+        """Deprecated: use ``health.sidecar.build_runner(config, state)``."""
+        warnings.warn("SidecarConfig.check_runner() moved to health.sidecar.build_runner()",
+                      DeprecationWarning, stacklevel=2)
+        # Imported on use only: parsing stays free of what builds and runs checks.
+        from .sidecar import build_runner
+
+        return build_runner(self, state)
 
     def initial_statuses(self) -> dict[str, ServingStatus]:
         """The statuses a ``HealthState`` should start with.
 
         Services without checks get their ``status``; services the checks manage (and ``""``
         when aggregated) get their status until the first results: ``status`` or UNKNOWN.
+        ``status_overrides`` win over both.
         """
-        runner = self.check_runner(HealthState())
-        initial = {s.name: s.status for s in self.services if s.status is not None}
-        for name in runner.services():
-            initial[name] = initial.get(name, ServingStatus.UNKNOWN)
+        initial = self.pending_statuses()
+        for name in self.managed_services():
+            initial.setdefault(name, ServingStatus.UNKNOWN)
+        initial.update(self.status_overrides)
         return initial
-
-    def check_runner(self, state: HealthState) -> CheckRunner:
-        """A ``CheckRunner`` with every check of the file, writing into ``state``."""
-        pending = {s.name: s.status for s in self.services if s.status is not None}
-        return CheckRunner(state, [c.to_check() for c in self.checks],
-                           aggregate=self.aggregate, initial=pending)
-
-
-# ---------------------------------------------------------------------- locating keys
-
-
-def _format_key(path: KeyPath) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-            continue
-        text = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
-        out += f".{text}" if out else text
-    return out
-
-
-def _single_path(doc: Mapping[str, Any]) -> tuple[str, ...]:
-    """The key path of a document holding one nested key (as parsed from one line)."""
-    keys: list[str] = []
-    node: Any = doc
-    # Bounded by the nesting depth of a one-line document.
-    while isinstance(node, dict) and len(node) == 1:
-        key = next(iter(node))
-        keys.append(key)
-        node = node[key]
-    return tuple(keys)
-
-
-def _split_key(line: str) -> str | None:
-    """The text before the first ``=`` outside quotes, or None if there is none."""
-    quote = ""
-    for i, char in enumerate(line):
-        if quote:
-            if char == quote:
-                quote = ""
-        elif char in "\"'":
-            quote = char
-        elif char == "=":
-            return line[:i]
-        elif char == "#":
-            return None
-    return None
-
-
-def _key_lines(text: str) -> dict[KeyPath, int]:
-    """Map each table and key path written in ``text`` to the first line it appears on."""
-    lines: dict[KeyPath, int] = {}
-    arrays: dict[tuple[str, ...], int] = {}
-    table: KeyPath = ()
-
-    def resolve(keys: tuple[str, ...]) -> KeyPath:
-        # Keys below an array of tables belong to its latest element.
-        out: list[str | int] = []
-        for i, key in enumerate(keys):
-            out.append(key)
-            if i < len(keys) - 1 and keys[: i + 1] in arrays:
-                out.append(arrays[keys[: i + 1]])
-        return tuple(out)
-
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("["):
-            try:
-                keys = _single_path(tomllib.loads(line))
-            except tomllib.TOMLDecodeError:
-                continue  # a line inside a multi-line array, not a header
-            if not keys:
-                continue
-            # "[a.b]" also defines "a" here if nothing earlier did.
-            for i in range(1, len(keys) + 1):
-                lines.setdefault(resolve(keys[:i]), lineno)
-            if line.startswith("[["):
-                arrays[keys] = arrays.get(keys, -1) + 1
-                table = (*resolve(keys), arrays[keys])
-            else:
-                table = resolve(keys)
-            lines.setdefault(table, lineno)
-            continue
-        key_text = _split_key(line)
-        if key_text is None:
-            continue
-        try:
-            keys = _single_path(tomllib.loads(key_text + "= 0"))
-        except tomllib.TOMLDecodeError:
-            continue
-        for i in range(1, len(keys) + 1):
-            lines.setdefault((*table, *keys[:i]), lineno)
-    return lines
 
 
 # ------------------------------------------------------------------------- reading
@@ -425,16 +433,19 @@ class _Loader:
     def line_of(self, path: KeyPath) -> int | None:
         """The line where ``path`` (or its nearest written ancestor) appears."""
         if self._lines is None:
-            self._lines = _key_lines(self.text)
+            self._lines = key_lines(self.text)
         for end in range(len(path), 0, -1):
             line = self._lines.get(path[:end])
             if line is not None:
                 return line
         return None
 
+    def origin(self, path: KeyPath) -> Origin:
+        """Where ``path`` was written."""
+        return Origin(self.file, format_key(path), self.line_of(path))
+
     def error(self, path: KeyPath, message: str) -> ConfigError:
-        return ConfigError(message, file=self.file, key=_format_key(path),
-                           line=self.line_of(path))
+        return self.origin(path).error(message)
 
     def load(self) -> SidecarConfig:
         try:
@@ -545,45 +556,40 @@ class _Loader:
         timeout = entry.number("timeout", defaults["timeout"], positive=True)
         failure_threshold = entry.integer("failure_threshold", defaults["failure_threshold"], 1)
         success_threshold = entry.integer("success_threshold", defaults["success_threshold"], 1)
-        params: dict[str, Any]
-        probe: Probe
+        probe: ProbeConfig
         if kind == "tcp":
-            params = {"host": entry.string("host"), "port": entry.integer("port", _MISSING, 1,
-                                                                          65535)}
-            probe = tcp_check(params["host"], params["port"])
+            probe = TcpProbeConfig(entry.string("host"), entry.integer("port", _MISSING, 1, 65535))
         elif kind == "http":
-            params, probe = self._http(entry)
+            probe = self._http(entry)
         elif kind == "command":
-            argv = entry.get("argv")
-            if argv is _MISSING:
-                raise entry.error(None, "missing required key 'argv'")
-            if (not isinstance(argv, list) or not argv
-                    or not all(isinstance(a, str) and a for a in argv)):
-                raise entry.error("argv", f"must be a non-empty array of strings, got {argv!r}")
-            cwd = entry.string("cwd", None)
-            if cwd is not None:
-                cwd_path = self.resolve(cwd)
-                if not cwd_path.is_dir():
-                    raise entry.error("cwd", f"not a directory: {str(cwd_path)!r}")
-                cwd = str(cwd_path)
-            params = {"argv": list(argv), "cwd": cwd}
-            probe = command_check(argv, cwd=cwd)
+            probe = self._command(entry)
         else:
-            target = entry.string("target")
-            asked = entry.string("service", "")
             tls_ca = entry.file("tls_ca")
-            use_tls = entry.boolean("tls", False) or tls_ca is not None
-            context = self._ssl_context(entry, "tls_ca", tls_ca) if use_tls else None
-            params = {"target": target, "service": asked, "tls": use_tls,
-                      "tls_ca": str(tls_ca) if tls_ca else None}
-            probe = grpc_check(target, asked, rpc_timeout=timeout, connect_timeout=timeout,
-                               ssl_context=context)
+            probe = GrpcProbeConfig(entry.string("target"), entry.string("service", ""),
+                                    entry.boolean("tls", False) or tls_ca is not None, tls_ca,
+                                    self.origin((*entry.path, "tls_ca")))
         entry.finish()
-        return CheckConfig(name, service, kind, params, probe, interval, timeout,
+        return CheckConfig(name, service, kind, probe, interval, timeout,
                            failure_threshold, success_threshold)
 
-    def _http(self, entry: _Table) -> tuple[dict[str, Any], Probe]:
+    def _command(self, entry: _Table) -> CommandProbeConfig:
+        argv = entry.get("argv")
+        if argv is _MISSING:
+            raise entry.error(None, "missing required key 'argv'")
+        if (not isinstance(argv, list) or not argv
+                or not all(isinstance(a, str) and a for a in argv)):
+            raise entry.error("argv", f"must be a non-empty array of strings, got {argv!r}")
+        cwd = entry.string("cwd", None)
+        if cwd is not None:
+            cwd_path = self.resolve(cwd)
+            if not cwd_path.is_dir():
+                raise entry.error("cwd", f"not a directory: {str(cwd_path)!r}")
+            cwd = str(cwd_path)
+        return CommandProbeConfig(tuple(argv), cwd)
+
+    def _http(self, entry: _Table) -> HttpProbeConfig:
         url = entry.string("url")
+        _check_http_url(entry, url)
         raw_expect = entry.get("expect_status")
         expect = (200, 399)
         if raw_expect is not _MISSING:
@@ -601,29 +607,23 @@ class _Loader:
         tls_ca = entry.file("tls_ca")
         no_verify = entry.boolean("tls_no_verify", False)
         headers_table = entry.table("headers")
-        headers: list[tuple[str, str]] = []
-        for header in headers_table.data:
-            headers.append((header, headers_table.string(header)))
+        headers = tuple((header, headers_table.string(header)) for header in headers_table.data)
         headers_table.finish()
-        context: ssl.SSLContext | None = None
-        if url.lower().startswith("https:"):
-            context = self._ssl_context(entry, "tls_ca", tls_ca)
-            if no_verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-        try:
-            probe = http_check(url, expect_status=expect, ssl_context=context, headers=headers)
-        except ValueError as exc:
-            raise entry.error("url", str(exc)) from None
-        params = {"url": url, "expect_status": expect, "tls_ca": str(tls_ca) if tls_ca else None,
-                  "tls_no_verify": no_verify, "headers": dict(headers)}
-        return params, probe
+        return HttpProbeConfig(url, expect, tls_ca, no_verify, headers,
+                               self.origin((*entry.path, "tls_ca")))
 
-    def _ssl_context(self, entry: _Table, key: str, ca: Path | None) -> ssl.SSLContext:
-        try:
-            return ssl.create_default_context(cafile=str(ca) if ca is not None else None)
-        except (ssl.SSLError, OSError) as exc:
-            raise entry.error(key, f"cannot load CA file: {exc}") from None
+
+def _check_http_url(entry: _Table, url: str) -> None:
+    """Reject what ``health.probes.http_check`` would refuse, pointing at the ``url`` key."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (read for its ValueError on a bad port)
+    except ValueError as exc:
+        raise entry.error("url", f"{exc}: {url!r}") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise entry.error("url", f"URL scheme must be http or https: {url!r}")
+    if not parts.hostname:
+        raise entry.error("url", f"URL has no host: {url!r}")
 
 
 def parse_config(text: str, *, file: str = "", base: Path | str | None = None) -> SidecarConfig:
@@ -647,69 +647,3 @@ def load_config(path: str | Path) -> SidecarConfig:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError("not valid UTF-8", file=name, line=line) from None
     return parse_config(text, file=name, base=Path(path).parent)
-
-
-# ------------------------------------------------------------------------- running
-
-
-class Sidecar:
-    """What a config adds to a running health server: its check runner and its metrics."""
-
-    def __init__(self, config: SidecarConfig | None, state: HealthState, *,
-                 service: HealthService | None = None, metrics: bool = False) -> None:
-        self.config = config if config is not None else SidecarConfig()
-        self.state = state
-        runner = self.config.check_runner(state)
-        #: None when the config has no checks.
-        self.runner: CheckRunner | None = runner if runner.checks else None
-        #: None unless metrics are enabled (by the file or by ``metrics=True``).
-        self.metrics: HealthMetrics | None = None
-        if metrics or self.config.metrics:
-            # Imported only when asked for: prometheus_client is an optional dependency.
-            try:
-                from .metrics import HealthMetrics
-            except ImportError as exc:
-                raise ConfigError(f"metrics need prometheus_client ({exc}); install "
-                                  "trio-grpc-health[metrics]") from None
-            self.metrics = HealthMetrics(state, service=service, runner=self.runner)
-
-    def admin_routes(self) -> dict[str, Route]:
-        """Extra GET routes for ``AdminServer(extra_routes=...)`` (``/metrics`` if enabled)."""
-        if self.metrics is None:
-            return {}
-        return {"/metrics": self.metrics.http_response}
-
-    async def run(self, *, task_status: trio.TaskStatus[Sidecar] = trio.TASK_STATUS_IGNORED,
-                  ) -> None:
-        """Run the checks until cancelled; ``started(self)`` after their first round."""
-        try:
-            if self.runner is None:
-                task_status.started(self)
-                await trio.sleep_forever()
-            else:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(self.runner.run)
-                    task_status.started(self)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Detach the metrics listeners. Idempotent."""
-        if self.metrics is not None:
-            self.metrics.close()
-
-
-async def run_sidecar(
-    config: SidecarConfig | None,
-    state: HealthState,
-    service: HealthService | None = None,
-    metrics: bool = False,
-    *,
-    task_status: trio.TaskStatus[Sidecar] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run a config's checks (and metrics) until cancelled.
-
-    ``sidecar = await nursery.start(run_sidecar, config, state, service, metrics)`` returns
-    once every check has run once; ``sidecar.admin_routes()`` then feeds the admin server.
-    """
-    await Sidecar(config, state, service=service, metrics=metrics).run(task_status=task_status)

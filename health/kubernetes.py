@@ -8,8 +8,8 @@ for a rollout flips only ``readiness``, so the pod leaves the load balancers wit
 
 from __future__ import annotations
 
-from .state import HealthState
 from .status import ServingStatus
+from .status_map import HealthState
 
 __all__ = ["LIVENESS", "READINESS", "KubernetesProbes"]
 

@@ -56,8 +56,8 @@ from prometheus_client.registry import Collector
 
 from .checks import CheckResult, CheckRunner
 from .service import HealthService
-from .state import HealthState
 from .status import ServingStatus
+from .status_map import HealthState
 
 __all__ = ["DEFAULT_NAMESPACE", "DURATION_BUCKETS", "HealthMetrics"]
 

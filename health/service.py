@@ -39,45 +39,34 @@ from wire.connection import ServerConfig
 from wire.handlers import unary_stream_push
 from wire.server import PushCall, ServerOptions
 
-from ._health_pb2 import (
-    HealthCheckRequest,
-    HealthCheckResponse,
-    HealthListRequest,
-    HealthListResponse,
-)
-from ._messages import parse_message
 from .errors import ServiceNameError, WatcherLimitError
-from .state import HealthState, Subscription
+from .protocol import (
+    CHECK_PATH,
+    LIST_PATH,
+    SERVICE_NAME,
+    WATCH_PATH,
+    check_response,
+    list_response,
+    parse_check_request,
+    parse_list_request,
+)
 from .status import ServingStatus
+from .status_map import HealthState
+from .subscriptions import Subscription
 
+# The paths stay importable from here (they were defined here before health.protocol).
 __all__ = [
     "CHECK_PATH",
     "DEFAULT_LIST_LIMIT",
     "LIST_PATH",
+    "SERVICE_NAME",
     "WATCH_PATH",
     "HealthServer",
     "HealthService",
     "serve_health",
 ]
 
-SERVICE_NAME = "grpc.health.v1.Health"
-CHECK_PATH = f"/{SERVICE_NAME}/Check"
-LIST_PATH = f"/{SERVICE_NAME}/List"
-WATCH_PATH = f"/{SERVICE_NAME}/Watch"
 DEFAULT_LIST_LIMIT = 100
-
-_RESPONSES: dict[ServingStatus, bytes] = {
-    status: HealthCheckResponse(status=int(status)).SerializeToString()
-    for status in ServingStatus
-}
-
-
-def _parse_check_request(data: bytes) -> str:
-    return parse_message(HealthCheckRequest, data).service
-
-
-def _parse_list_request(data: bytes) -> None:
-    parse_message(HealthListRequest, data)
 
 
 def _identity(data: bytes) -> bytes:
@@ -99,9 +88,9 @@ class HealthService:
     def handlers(self) -> list[MethodHandler[Any, Any]]:
         """The three methods, ready for ``Server.add_handlers``."""
         return [
-            unary_unary(CHECK_PATH, self._check, _parse_check_request, _identity),
-            unary_unary(LIST_PATH, self._list, _parse_list_request, _identity),
-            unary_stream_push(WATCH_PATH, self._watch, _parse_check_request, _identity),
+            unary_unary(CHECK_PATH, self._check, parse_check_request, _identity),
+            unary_unary(LIST_PATH, self._list, parse_list_request, _identity),
+            unary_stream_push(WATCH_PATH, self._watch, parse_check_request, _identity),
         ]
 
     def attach(self, server: Server) -> None:
@@ -114,42 +103,40 @@ class HealthService:
         self.state.shutdown()
         self.state.end_watches()
 
-    def _count(self, method: str, code: StatusCode) -> None:
+    def count_call(self, method: str, code: StatusCode) -> None:
+        """Record one answered call in ``call_counts``."""
         key = (method, code.name)
         self.call_counts[key] = self.call_counts.get(key, 0) + 1
 
     def _check(self, service: str, call: ServerCall) -> bytes:
         status = self.state.get(service)
         if status is None:
-            self._count("Check", StatusCode.NOT_FOUND)
+            self.count_call("Check", StatusCode.NOT_FOUND)
             raise RpcError(StatusCode.NOT_FOUND, "unknown service")
-        self._count("Check", StatusCode.OK)
-        return _RESPONSES[status]
+        self.count_call("Check", StatusCode.OK)
+        return check_response(status)
 
     def _list(self, _request: None, call: ServerCall) -> bytes:
         snapshot = self.state.snapshot()
         if len(snapshot) > self.list_limit:
-            self._count("List", StatusCode.RESOURCE_EXHAUSTED)
+            self.count_call("List", StatusCode.RESOURCE_EXHAUSTED)
             raise RpcError(
                 StatusCode.RESOURCE_EXHAUSTED,
                 f"server has {len(snapshot)} services, more than the List limit of "
                 f"{self.list_limit}",
             )
-        resp = HealthListResponse()
-        for name, status in snapshot.items():
-            resp.statuses[name].status = int(status)  # type: ignore[assignment]
-        self._count("List", StatusCode.OK)
-        return resp.SerializeToString()
+        self.count_call("List", StatusCode.OK)
+        return list_response(snapshot)
 
     def _watch(self, service: str, call: PushCall) -> None:
         stream = _WatchStream(self, call)
         try:
             stream.sub = self.state.subscribe(service, stream.pump, owner=call.connection)
         except WatcherLimitError as exc:
-            self._count("Watch", StatusCode.RESOURCE_EXHAUSTED)
+            self.count_call("Watch", StatusCode.RESOURCE_EXHAUSTED)
             raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         except ServiceNameError as exc:
-            self._count("Watch", StatusCode.INVALID_ARGUMENT)
+            self.count_call("Watch", StatusCode.INVALID_ARGUMENT)
             raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
         call.on_writable(stream.writable)
         call.on_close(stream.closed)
@@ -185,15 +172,15 @@ class _WatchStream:
             # retry elsewhere instead of believing the service vanished.
             status = sub.take()
             if status is not None:
-                call.send(_RESPONSES[status])
+                call.send(check_response(status))
             sub.close()
-            self.service._count("Watch", StatusCode.UNAVAILABLE)
+            self.service.count_call("Watch", StatusCode.UNAVAILABLE)
             call.finish(StatusCode.UNAVAILABLE, "health server is shutting down")
             return
         if self.held:
             return
         status = sub.take()
-        if status is not None and not call.send(_RESPONSES[status]):
+        if status is not None and not call.send(check_response(status)):
             self.held = True
 
     def writable(self) -> None:
@@ -288,9 +275,13 @@ async def serve_health(
 
     ``server = await nursery.start(serve_health, "127.0.0.1", 0)`` returns the running
     ``HealthServer``; ``server.set("svc", ServingStatus.SERVING)`` publishes a status.
+    ``initial`` statuses start a new state, or are set on ``state`` when one is given.
     """
     if state is None:
         state = HealthState(initial)
+    elif initial is not None:
+        for service, status in initial.items():
+            state.set(service, status)
     hs = HealthServer(state, list_limit=list_limit)
     await hs.serve_tcp(host, port, ssl_context=ssl_context, task_status=task_status)
 

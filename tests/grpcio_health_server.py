@@ -68,8 +68,8 @@ def _serve(argv: list[str]) -> int:
         elif words[0] == "clear":
             name = "" if words[1] == "-" else words[1]
             # grpcio's servicer has no removal; forget the name so Check says NOT_FOUND again.
-            with servicer._lock:
-                servicer._server_status.pop(name, None)
+            with servicer._lock:  # noqa: SLF001 (grpcio's servicer has no public removal)
+                servicer._server_status.pop(name, None)  # noqa: SLF001 (as above)
         elif words[0] == "shutdown":
             servicer.enter_graceful_shutdown()
         elif words[0] == "stop":
@@ -116,7 +116,8 @@ class GrpcioHealthServer:
 
     def command(self, line: str) -> None:
         """Send one command and wait for its ``ok`` (blocking; use ``acommand`` in Trio)."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
         answer = self.proc.stdout.readline()

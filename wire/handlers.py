@@ -13,7 +13,7 @@ deserializer and a response serializer. Four handler shapes exist:
 * server streaming, push: ``def start(request, call) -> None``; sets the stream up and returns.
   Messages are pushed later, from anywhere in the Trio thread, with the call's sync methods
   (``call.send``, ``call.finish``, ``call.on_writable``, ``call.on_close``; see
-  ``wire.server.PushCall``). No task exists per call, so thousands of idle streams (health
+  ``wire.calls.PushCall``). No task exists per call, so thousands of idle streams (health
   Watch) cost little memory.
 """
 
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from .server import PushCall, ServerCall
+    # Types only: wire.calls imports Trio, and this module must not.
+    from .calls import PushCall, ServerCall
 
 __all__ = [
     "MethodHandler",

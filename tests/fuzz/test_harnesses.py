@@ -76,3 +76,28 @@ def test_framing_harness_catches_disagreement() -> None:
             mod.one_input(b"\x3f" + b"\x00\x00\x00\x00\x02ab")
     finally:
         mod.MessageDecoder = original
+
+
+def test_server_connection_seeds_reach_a_whole_call() -> None:
+    # Fed byte by byte, each seed (a real Check) still yields its request, message and end.
+    mod = importlib.import_module("fuzz_server_connection")
+    for seed in sorted((FUZZ / "corpus" / "server_connection").iterdir()):
+        summary, end = mod.feed(seed.read_bytes(), 1)
+        assert end is None
+        assert [kind for kind, _, _ in summary] == ["request", "message", "end"]
+
+
+def test_server_connection_harness_catches_disagreement(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The harness must be able to fail: a connection that drops one-byte pieces is caught.
+    mod = importlib.import_module("fuzz_server_connection")
+    original = mod.ServerConnection
+
+    class Lossy(original):  # type: ignore[misc, valid-type]
+        def receive_data(self, data: bytes) -> list[object]:
+            return list(super().receive_data(data)) if len(data) != 1 else []
+
+    monkeypatch.setattr(mod, "ServerConnection", Lossy)
+    seed = sorted((FUZZ / "corpus" / "server_connection").iterdir())[0].read_bytes()
+    with pytest.raises(AssertionError, match="byte-by-byte"):
+        mod.one_input(seed)

@@ -1,44 +1,29 @@
-"""Dependency checks: thresholds, timeouts, aggregation (mock clock), then built-in probes.
+"""The check engine: thresholds, timeouts, aggregation (mock clock), sync probes in threads.
 
 The runner tests use ``autojump_clock`` so that intervals and timeouts take no real time, and
-synchronise on the runner's result listener rather than on sleeps. The built-in probes run
-against real loopback servers (a Trio TCP listener, a tiny h11 server, a child Python process
-and our own health server) with the real clock and generous timeouts.
+synchronise on the runner's result listener rather than on sleeps. The built-in probes are
+tested in ``test_probes.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
-import ssl
-import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
-import h11
 import pytest
 import trio
 import trio.testing
-import trustme
 
-from health import HealthState, ServingStatus, serve_health
-from health.checks import (
-    Check,
-    CheckFailed,
-    CheckResult,
-    CheckRunner,
-    command_check,
-    grpc_check,
-    http_check,
-    tcp_check,
-)
+from health import HealthState, ServingStatus
+from health.checks import Check, CheckFailed, CheckResult, CheckRunner, managed_services
 
 SERVING = ServingStatus.SERVING
 NOT_SERVING = ServingStatus.NOT_SERVING
 UNKNOWN = ServingStatus.UNKNOWN
 
-#: For probes against real servers: long enough for a slow CI box, never reached when passing.
+#: For probes in real threads: long enough for a slow CI box, never reached when passing.
 REAL_TIMEOUT = 10.0
 
 
@@ -95,8 +80,49 @@ def test_check_validates_its_settings() -> None:
         Check("c", probe, failure_threshold=0)
     with pytest.raises(ValueError, match="name"):
         Check("", probe)
+    with pytest.raises(TypeError, match="service name must be str"):
+        Check("c", probe, service=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="probe must be callable"):
+        Check("c", "not a function")  # type: ignore[arg-type]
     assert Check("c", probe).threaded is False
     assert Check("c", lambda: None).threaded is True
+
+
+async def test_a_reason_inside_nested_exception_groups_is_found() -> None:
+    async def fail() -> None:
+        await trio.lowlevel.checkpoint()
+        raise CheckFailed("db is down")
+
+    async def inner() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fail)
+
+    async def probe() -> None:
+        # Two nurseries deep: the failure arrives wrapped in two exception groups.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(inner)
+
+    result = await Check("c", probe).run_probe()
+    assert (result.ok, result.reason) == (False, "db is down")
+    assert result.error is None  # an expected failure: no traceback to log
+
+
+def test_runner_rejects_an_unsettable_initial_status() -> None:
+    with pytest.raises(ValueError, match="initial status must be settable"):
+        CheckRunner(HealthState(), initial={"a": ServingStatus.SERVICE_UNKNOWN})
+
+
+async def test_runner_cannot_be_changed_or_run_twice_while_running(
+        autojump_clock: trio.testing.MockClock) -> None:
+    runner = CheckRunner(HealthState(), [Check("c", scripted([True]), service="a")])
+    assert runner.service_status("not-managed") is None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        with pytest.raises(RuntimeError, match="cannot be added while the runner is running"):
+            runner.add(Check("d", scripted([True])))
+        with pytest.raises(RuntimeError, match="already running"):
+            await runner.run()
+        nursery.cancel_scope.cancel()
 
 
 def test_runner_rejects_duplicate_names() -> None:
@@ -324,7 +350,8 @@ async def test_sync_probe_runs_in_a_thread() -> None:
     async with running(runner):
         assert state.get("a") is SERVING
         assert state.get("b") is NOT_SERVING
-    assert seen and seen[0] != trio_thread
+    assert seen
+    assert seen[0] != trio_thread
     last = runner.records["bad"].last
     assert last is not None
     assert last.reason == "OSError: no route"
@@ -345,190 +372,11 @@ async def test_hung_sync_probe_times_out() -> None:
     assert "timed out" in result.reason
 
 
-# --------------------------------------------------------------- built-in: tcp
+# ------------------------------------------------------------------ moved names
 
 
-async def test_tcp_check_passes_when_listening() -> None:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    async with trio.open_nursery() as nursery:
-
-        async def handler(stream: trio.SocketStream) -> None:
-            await stream.aclose()
-
-        nursery.start_soon(trio.serve_listeners, handler, listeners)
-        await tcp_check("127.0.0.1", port)()
-        nursery.cancel_scope.cancel()
-
-
-def _free_port() -> int:
-    """A port nothing listens on (bound then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-async def test_tcp_check_fails_when_refused() -> None:
-    port = _free_port()
-    with pytest.raises(CheckFailed, match=f"cannot connect to 127.0.0.1:{port}: .*refused"):
-        await tcp_check("127.0.0.1", port)()
-
-
-# --------------------------------------------------------------- built-in: http
-
-
-@asynccontextmanager
-async def http_server(status: int, *, ssl_context: ssl.SSLContext | None = None,
-                      ) -> AsyncIterator[tuple[int, list[h11.Request]]]:
-    """A tiny h11 server answering every request with ``status``; yields (port, requests)."""
-    requests: list[h11.Request] = []
-
-    async def handler(tcp: trio.SocketStream) -> None:
-        stream: trio.abc.Stream = tcp
-        if ssl_context is not None:
-            stream = trio.SSLStream(tcp, ssl_context, server_side=True)
-        conn = h11.Connection(h11.SERVER)
-        try:
-            for _ in range(100):
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(bytes(await stream.receive_some(4096)))
-                    continue
-                if isinstance(event, h11.Request):
-                    requests.append(event)
-                if isinstance(event, h11.EndOfMessage):
-                    # 204 and 304 answers carry no body.
-                    body = b"" if status in (204, 304) else b"hello"
-                    data = conn.send(h11.Response(status_code=status, headers=[
-                        ("content-length", str(len(body)))]))
-                    data = (data or b"") + (conn.send(h11.Data(data=body)) or b"")
-                    data += conn.send(h11.EndOfMessage()) or b""
-                    await stream.send_all(data)
-                    break
-        except (trio.BrokenResourceError, h11.RemoteProtocolError):
-            pass
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, handler, listeners)
-        yield port, requests
-        nursery.cancel_scope.cancel()
-
-
-async def test_http_check_passes_on_expected_status() -> None:
-    async with http_server(204) as (port, requests):
-        with trio.fail_after(REAL_TIMEOUT):
-            await http_check(f"http://127.0.0.1:{port}/ready?x=1",
-                             headers=[("X-Probe", "yes")])()
-    assert requests[0].method == b"GET"
-    assert requests[0].target == b"/ready?x=1"
-    assert (b"x-probe", b"yes") in list(requests[0].headers)
-    assert (b"host", f"127.0.0.1:{port}".encode()) in list(requests[0].headers)
-
-
-async def test_http_check_fails_on_other_status() -> None:
-    async with http_server(503) as (port, _):
-        with trio.fail_after(REAL_TIMEOUT), pytest.raises(CheckFailed, match="HTTP 503"):
-            await http_check(f"http://127.0.0.1:{port}/")()
-
-
-async def test_http_check_custom_range() -> None:
-    async with http_server(404) as (port, _):
-        with trio.fail_after(REAL_TIMEOUT):
-            await http_check(f"http://127.0.0.1:{port}/", expect_status=(404, 404))()
-
-
-async def test_http_check_refused() -> None:
-    with pytest.raises(CheckFailed, match="cannot connect"):
-        await http_check(f"http://127.0.0.1:{_free_port()}/")()
-
-
-async def test_https_check() -> None:
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    async with http_server(200, ssl_context=server_context) as (port, requests):
-        with trio.fail_after(REAL_TIMEOUT):
-            await http_check(f"https://localhost:{port}/", ssl_context=client_context)()
-            # Without the CA the certificate is not trusted.
-            with pytest.raises(CheckFailed, match="TLS"):
-                await http_check(f"https://localhost:{port}/")()
-    assert len(requests) == 1
-
-
-def test_http_check_rejects_bad_urls() -> None:
-    with pytest.raises(ValueError, match="scheme"):
-        http_check("ftp://example/")
-    with pytest.raises(ValueError, match="host"):
-        http_check("http:///path")
-
-
-# ------------------------------------------------------------- built-in: command
-
-
-async def test_command_check_exit_status() -> None:
-    with trio.fail_after(REAL_TIMEOUT):
-        await command_check([sys.executable, "-c", "pass"])()
-        with pytest.raises(CheckFailed, match="status 3: oops"):
-            await command_check([sys.executable, "-c",
-                                 "import sys; sys.stderr.write('oops'); raise SystemExit(3)"])()
-
-
-async def test_command_check_missing_program() -> None:
-    with pytest.raises(CheckFailed, match="cannot run"):
-        await command_check(["/nonexistent/program-for-health-test"])()
-
-
-async def test_command_check_timeout_kills_the_process() -> None:
-    check = Check("sleepy", command_check([sys.executable, "-c",
-                                           "import time; time.sleep(60)"]), timeout=0.2)
-    with trio.fail_after(REAL_TIMEOUT):
-        result = await check.run_probe()
-    assert not result.ok
-    assert "timed out" in result.reason
-
-
-# ---------------------------------------------------------------- built-in: grpc
-
-
-async def test_grpc_check_against_our_server() -> None:
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_health, "127.0.0.1", 0)
-        server.set("up", SERVING)
-        server.set("down", NOT_SERVING)
-        target = f"127.0.0.1:{server.port}"
-        with trio.fail_after(REAL_TIMEOUT):
-            await grpc_check(target)()
-            await grpc_check(target, "up", rpc_timeout=REAL_TIMEOUT)()
-            with pytest.raises(CheckFailed, match="NOT_SERVING"):
-                await grpc_check(target, "down")()
-            with pytest.raises(CheckFailed, match="NOT_FOUND"):
-                await grpc_check(target, "missing")()
-        nursery.cancel_scope.cancel()
-
-
-async def test_grpc_check_no_server() -> None:
-    with trio.fail_after(REAL_TIMEOUT), pytest.raises(CheckFailed, match="UNAVAILABLE"):
-        await grpc_check(f"127.0.0.1:{_free_port()}", connect_timeout=REAL_TIMEOUT)()
-
-
-async def test_runner_with_builtin_checks() -> None:
-    """The runner drives real probes: a gRPC upstream and a failing command."""
-    state = HealthState()
-    async with trio.open_nursery() as nursery:
-        upstream = await nursery.start(serve_health, "127.0.0.1", 0)
-        runner = CheckRunner(state, [
-            Check("upstream", grpc_check(f"127.0.0.1:{upstream.port}"), service="api",
-                  timeout=REAL_TIMEOUT),
-            Check("cmd", command_check([sys.executable, "-c", "raise SystemExit(3)"]),
-                  service="jobs", timeout=REAL_TIMEOUT),
-        ])
-        await nursery.start(runner.run)
-        assert state.snapshot() == {"": NOT_SERVING, "api": SERVING, "jobs": NOT_SERVING}
-        nursery.cancel_scope.cancel()
+def test_managed_services_put_the_aggregate_last() -> None:
+    assert managed_services([], aggregate=True) == []
+    assert managed_services(["b", "a", "b"], aggregate=True) == ["b", "a", ""]
+    assert managed_services(["b"], aggregate=False) == ["b"]
+    assert managed_services(["", "b"], aggregate=False) == ["b", ""]

@@ -13,7 +13,8 @@ import trio
 import trio.testing
 
 from health._health_pb2 import HealthCheckResponse
-from health.client import CHECK_PATH, HealthClient
+from health.client import CHECK_PATH, HealthClient, HealthWatchStream
+from health.protocol import parse_check_response
 from health.status import ServingStatus
 from tests.grpcio_health_server import SLOW_SERVICE, GrpcioHealthServer
 from wire import RpcError, StatusCode, open_channel
@@ -64,13 +65,15 @@ async def test_list_against_grpcio_is_an_rpc_error_if_unimplemented(
         grpcio_server: GrpcioHealthServer) -> None:
     async with open_channel(grpcio_server.address, connect_timeout=5) as channel:
         client = HealthClient(channel)
+        failure: StatusCode | None = None
         try:
             statuses = await client.list(timeout=5)
         except RpcError as exc:
-            # grpcio-health-checking releases without List answer UNIMPLEMENTED.
-            assert exc.code is StatusCode.UNIMPLEMENTED
+            failure = exc.code
         else:
             assert statuses[""] is ServingStatus.SERVING
+        # grpcio-health-checking releases without List answer UNIMPLEMENTED.
+        assert failure in (None, StatusCode.UNIMPLEMENTED)
         # The channel is still usable afterwards.
         assert await client.check(timeout=5) is ServingStatus.SERVING
 
@@ -174,22 +177,43 @@ async def test_watch_ends_with_unavailable_on_server_shutdown(
         backend = HealthBackend(nursery)
         seen: list[ServingStatus] = []
         async with channel_to(backend) as channel:
-            with pytest.raises(RpcError) as info:
+            streams: list[HealthWatchStream] = []
+
+            async def follow() -> None:
                 async with HealthClient(channel).watch() as stream:
+                    streams.append(stream)
                     async for status in stream:
                         seen.append(status)
                         if len(seen) == 1:
                             nursery.start_soon(backend.health.shutdown, 1.0)
+
+            with pytest.raises(RpcError) as info:
+                await follow()
             assert info.value.code is StatusCode.UNAVAILABLE
-            assert stream.code is StatusCode.UNAVAILABLE
+            assert streams[0].code is StatusCode.UNAVAILABLE
         nursery.cancel_scope.cancel()
     assert seen == [ServingStatus.SERVING, ServingStatus.NOT_SERVING]
 
 
 async def test_unknown_status_number_is_reported_as_unknown() -> None:
-    from health import client as client_module
-
-    assert client_module._parse_response(b"\x08\x07") is ServingStatus.UNKNOWN
+    assert parse_check_response(b"\x08\x07") is ServingStatus.UNKNOWN
     with pytest.raises(RpcError) as info:
-        client_module._parse_response(b"\xff\xff")
+        parse_check_response(b"\xff\xff")
     assert info.value.code is StatusCode.INTERNAL
+
+
+async def test_cancelling_a_watch_ends_it_on_both_sides(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        backend = HealthBackend(nursery)
+        async with channel_to(backend) as channel, HealthClient(channel).watch() as stream:
+            assert await stream.__anext__() is ServingStatus.SERVING
+            stream.cancel()
+            with pytest.raises(RpcError) as info:
+                await stream.__anext__()
+            assert info.value.code is StatusCode.CANCELLED
+            assert stream.code is StatusCode.CANCELLED
+            # Once everything has run, the reset has reached the server and unregistered it.
+            await trio.testing.wait_all_tasks_blocked()
+            assert backend.health.state.watcher_count == 0
+        nursery.cancel_scope.cancel()

@@ -1,23 +1,22 @@
-"""The sidecar config file: the example loads, bad files name the key and the line, and
-``run_sidecar`` runs the configured checks against loopback servers."""
+"""The sidecar config file (pure: TOML in, frozen dataclasses out): the example loads, and bad
+files name the key and the line. Building and running a config is tested in test_sidecar.py."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-import trio
-import trio.testing
 
-from health import HealthState, ServingStatus, serve_health
+from health import ServingStatus
 from health.config import (
+    CommandProbeConfig,
     ConfigError,
+    HttpProbeConfig,
     SidecarConfig,
+    TcpProbeConfig,
     TlsConfig,
     load_config,
     parse_config,
-    run_sidecar,
 )
 
 SERVING = ServingStatus.SERVING
@@ -60,8 +59,9 @@ def test_example_loads() -> None:
         "example.Jobs": UNKNOWN,
         "": UNKNOWN,
     }
-    runner = config.check_runner(HealthState())
-    assert [c.name for c in runner.checks] == [c.name for c in config.checks]
+    assert config.managed_services() == ["example.Orders", "example.Jobs", ""]
+    assert isinstance(api.probe, HttpProbeConfig)
+    assert api.probe.headers == (("Accept", "application/json"),)
 
 
 def test_empty_file_gives_the_serve_defaults() -> None:
@@ -92,9 +92,8 @@ failure_threshold = 1
     assert check.service == ""
     assert (check.interval, check.timeout, check.failure_threshold,
             check.success_threshold) == (3.0, 1.0, 1, 1)
-    built = check.to_check()
-    assert built.failure_threshold == 1
-    assert built.threaded is False
+    assert check.probe == TcpProbeConfig("localhost", 1)
+    assert check.params == {"host": "localhost", "port": 1}
 
 
 def test_tls_files(tmp_path: Path) -> None:
@@ -174,13 +173,6 @@ def test_unknown_check_type() -> None:
     assert "tcp, http, command, grpc" in str(error)
 
 
-def test_bad_status_name() -> None:
-    error = bad('[services.a]\nstatus = "HEALTHY"\n')
-    assert (error.line, error.key) == (2, "services.a.status")
-    error = bad('[services.a]\nstatus = "SERVICE_UNKNOWN"\n')
-    assert "Watch-only" in str(error)
-
-
 def test_duplicate_check_names() -> None:
     error = bad("""[[services.a.checks]]
 type = "tcp"
@@ -206,16 +198,6 @@ def test_bad_numbers() -> None:
     error = bad("[[services.a.checks]]\ntype = 'http'\nurl = 'http://h/'\n"
                 "expect_status = [500, 200]\n")
     assert (error.line, error.key) == (4, "services.a.checks[0].expect_status")
-
-
-def test_bad_http_url() -> None:
-    error = bad("[[services.a.checks]]\ntype = 'http'\nurl = 'ftp://h/'\n")
-    assert (error.line, error.key) == (3, "services.a.checks[0].url")
-
-
-def test_bad_command_argv() -> None:
-    error = bad("[[services.a.checks]]\ntype = 'command'\nargv = []\n")
-    assert (error.line, error.key) == (3, "services.a.checks[0].argv")
 
 
 def test_missing_tls_file(tmp_path: Path) -> None:
@@ -262,72 +244,102 @@ def test_load_config_resolves_paths_next_to_the_file(tmp_path: Path) -> None:
     assert config.path == path
 
 
-# ----------------------------------------------------------------- run_sidecar
-
-
-async def test_run_sidecar_runs_the_checks() -> None:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    db_port = listeners[0].socket.getsockname()[1]
-    async with trio.open_nursery() as nursery:
-
-        async def handler(stream: trio.SocketStream) -> None:
-            await stream.aclose()
-
-        nursery.start_soon(trio.serve_listeners, handler, listeners)
-        upstream = await nursery.start(serve_health, "127.0.0.1", 0)
-        upstream.set("up", NOT_SERVING)
-        config = parse_config(f"""
-[server]
-admin_port = 0
-metrics = true
-
-[services.static]
-status = "SERVING"
-
-[[services.db.checks]]
-type = "tcp"
-host = "127.0.0.1"
-port = {db_port}
-timeout = {REAL_TIMEOUT}
-
+def test_parsing_is_pure_and_command_paths_resolve(tmp_path: Path) -> None:
+    (tmp_path / "work").mkdir()
+    config = parse_config("""
 [[services.jobs.checks]]
 type = "command"
-argv = [{sys.executable!r}, "-c", "raise SystemExit(3)"]
-timeout = {REAL_TIMEOUT}
+argv = ["true"]
+cwd = "work"
+""", base=tmp_path)
+    (check,) = config.checks
+    assert check.probe == CommandProbeConfig(("true",), str(tmp_path / "work"))
+    assert check.params == {"argv": ["true"], "cwd": str(tmp_path / "work")}
+    # Equal files give equal, hashable values: nothing live was built.
+    assert config == parse_config(
+        '[[services.jobs.checks]]\ntype = "command"\nargv = ["true"]\ncwd = "work"\n',
+        base=tmp_path)
+    assert hash(config.checks) == hash(config.checks)
 
-[[services.up.checks]]
+
+def test_status_overrides_win_over_the_file() -> None:
+    config = parse_config('[services.a]\nstatus = "SERVING"\n')
+    assert config.initial_statuses() == {"a": SERVING}
+    overridden = SidecarConfig(services=config.services,
+                               status_overrides=(("a", NOT_SERVING), ("b", UNKNOWN)))
+    assert overridden.initial_statuses() == {"a": NOT_SERVING, "b": UNKNOWN}
+    # The checks' own "until the first results" status still comes from the file.
+    assert overridden.pending_statuses() == {"a": SERVING}
+
+
+@pytest.mark.parametrize(("text", "key", "line", "why"), [
+    ('[services.a]\nstatus = "HEALTHY"\n', "services.a.status", 2, "not a serving status name"),
+    ("[[services.a.checks]]\ntype = 'http'\nurl = 'ftp://h/'\n",
+     "services.a.checks[0].url", 3, "scheme must be http or https"),
+    ("[[services.a.checks]]\ntype = 'http'\nurl = 'http://h:99999/'\n",
+     "services.a.checks[0].url", 3, "out of range"),
+    ("[[services.a.checks]]\ntype = 'http'\nurl = 'http:///x'\n",
+     "services.a.checks[0].url", 3, "URL has no host"),
+    ("[[services.a.checks]]\ntype = 'command'\nargv = []\n",
+     "services.a.checks[0].argv", 3, "non-empty array of strings"),
+    ("server = 1\n", "server", 1, "must be a table"),
+    ("[[services.a.checks]]\ntype = 'tcp'\nhost = 1\nport = 1\n",
+     "services.a.checks[0].host", 3, "must be a string"),
+    ("[[services.a.checks]]\ntype = 'tcp'\nhost = 'h'\n",
+     "services.a.checks[0]", 1, "missing required key 'port'"),
+    ("[[services.a.checks]]\ntype = 'command'\n",
+     "services.a.checks[0]", 1, "missing required key 'argv'"),
+    ("[[services.a.checks]]\ntype = 'command'\nargv = ['x']\ncwd = 'no-such-dir'\n",
+     "services.a.checks[0].cwd", 4, "not a directory"),
+    ("[[services.a.checks]]\ntype = 'tcp'\nname = ''\nhost = 'h'\nport = 1\n",
+     "services.a.checks[0].name", 3, "must not be empty"),
+    ("[services.a]\nstatus = 1\n", "services.a.status", 2, "must be a status name"),
+    ("[services.a]\nstatus = 'SERVICE_UNKNOWN'\n", "services.a.status", 2, "Watch-only"),
+    ("[services.a]\nchecks = 1\n", "services.a.checks", 2, "array of tables"),
+    ("[services.a]\nchecks = [1]\n", "services.a.checks", 2, "entry 0 must be a table"),
+    ("[[services.a.checks]]\ntype = 'http'\nurl = 'http://h/'\nexpect_status = 'ok'\n",
+     "services.a.checks[0].expect_status", 4, "status code or [low, high]"),
+    ("[[services.a.checks]]\ntype = 'http'\nurl = 'http://h/'\n"
+     "[services.a.checks.headers]\nX-A = 1\n",
+     "services.a.checks[0].headers.X-A", 5, "must be a string"),
+    ('[services]\n"quoted = odd" = { status = 7 }\n',
+     'services."quoted = odd".status', 2, "must be a status name"),
+    ("[[services.a.checks]]\ntype = 'command'\nargv = [\n  'x',  # a comment = here\n"
+     "  ['nested'],\n]\n", "services.a.checks[0].argv", 3, "non-empty array of strings"),
+    ('[[services.a.checks]]\ntype = "command"\nargv = ["""\nx y = z\n"""]\ntimeout = 0\n',
+     "services.a.checks[0].timeout", 6, "> 0"),
+])
+def test_bad_values_name_key_and_line(tmp_path: Path, text: str, key: str, line: int,
+                                      why: str) -> None:
+    error = bad(text, tmp_path)
+    assert (error.key, error.line) == (key, line)
+    assert why in error.reason
+    assert str(error).startswith(f"health.toml:{line}: {key}: ")
+
+
+def test_more_good_values(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("x")
+    config = parse_config("""
+[[services.a.checks]]
+type = "http"
+url = "http://h/"
+expect_status = 204
+
+[[services.a.checks]]
 type = "grpc"
-target = "127.0.0.1:{upstream.port}"
-service = "up"
-timeout = {REAL_TIMEOUT}
-""")
-        state = HealthState(config.initial_statuses())
-        assert state.snapshot() == {"": UNKNOWN, "static": SERVING, "db": UNKNOWN,
-                                    "jobs": UNKNOWN, "up": UNKNOWN}
-        sidecar = await nursery.start(run_sidecar, config, state)
-        assert state.snapshot() == {"": NOT_SERVING, "static": SERVING, "db": SERVING,
-                                    "jobs": NOT_SERVING, "up": NOT_SERVING}
-        routes = sidecar.admin_routes()
-        status, _, body = routes["/metrics"]()
-        assert status == 200
-        assert b'grpc_health_check_healthy{check="db/tcp0",service="db"} 1.0' in body
-        nursery.cancel_scope.cancel()
+target = "h:1"
+tls_ca = "ca.pem"
+""", base=tmp_path)
+    http, grpc = config.checks
+    assert http.params["expect_status"] == (204, 204)
+    assert grpc.params == {"target": "h:1", "service": "", "tls": True,
+                           "tls_ca": str(tmp_path / "ca.pem")}
 
 
-async def test_run_sidecar_without_checks_or_metrics(
-        autojump_clock: trio.testing.MockClock) -> None:
-    state = HealthState()
-    async with trio.open_nursery() as nursery:
-        sidecar = await nursery.start(run_sidecar, None, state)
-        assert sidecar.runner is None
-        assert sidecar.admin_routes() == {}
-        assert state.snapshot() == {"": SERVING}
-        nursery.cancel_scope.cancel()
-
-
-async def test_run_sidecar_metrics_flag(autojump_clock: trio.testing.MockClock) -> None:
-    state = HealthState()
-    async with trio.open_nursery() as nursery:
-        sidecar = await nursery.start(run_sidecar, None, state, None, True)
-        assert set(sidecar.admin_routes()) == {"/metrics"}
-        nursery.cancel_scope.cancel()
+def test_require_client_cert_needs_the_ca(tmp_path: Path) -> None:
+    for name in ("cert.pem", "key.pem"):
+        (tmp_path / name).write_text("x")
+    error = bad('[server]\ntls_cert = "cert.pem"\ntls_key = "key.pem"\n'
+                "require_client_cert = true\n", tmp_path)
+    assert (error.key, error.line) == ("server.require_client_cert", 4)
+    assert "needs tls_client_ca" in error.reason

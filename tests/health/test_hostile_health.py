@@ -19,8 +19,8 @@ import trio.testing
 
 from health._health_pb2 import HealthCheckRequest, HealthCheckResponse
 from health.service import CHECK_PATH, LIST_PATH, WATCH_PATH, HealthServer
-from health.state import DEFAULT_MAX_WATCHERS_PER_OWNER
 from health.status import ServingStatus
+from health.subscriptions import DEFAULT_MAX_WATCHERS_PER_OWNER
 from tests.wire.h2client import H2Client, StreamRecord, grpc_frame, open_memory_client
 from tests.wire.rawconn import BOUND, RawConn, open_raw, request_frames, rss_bytes, rst_frame
 from wire import StatusCode
@@ -57,7 +57,8 @@ class Bystander:
 
     async def check(self) -> None:
         rec = await call(self.client, CHECK_PATH, check_request(""))
-        assert rec.reset_code is None and rec.ended, rec
+        assert rec.reset_code is None, rec
+        assert rec.ended, rec
         assert rec.grpc_status == StatusCode.OK
         assert rec.payloads() == [SERVING]
         self.ok += 1
@@ -101,7 +102,8 @@ async def test_malformed_protobuf_is_internal(path: str, payload: bytes) -> None
         ok = await call(client, CHECK_PATH, check_request(""))
     assert_trailers_only(rec, StatusCode.INTERNAL)
     assert "cannot parse Health" in (rec.grpc_message or "")
-    assert ok.grpc_status == StatusCode.OK and ok.payloads() == [SERVING]
+    assert ok.grpc_status == StatusCode.OK
+    assert ok.payloads() == [SERVING]
     assert hs.state.watcher_count == 0
 
 
@@ -138,7 +140,7 @@ async def test_1mib_service_name_check_not_found_watch_invalid_argument() -> Non
     # Nothing was kept per call: 64 MiB went in, and no watcher or name stayed behind.
     assert growth < rounds * MIB // 2, f"RSS grew by {growth / MIB:.1f} MiB"
     assert hs.state.watcher_count == 0
-    assert not hs.state._watchers
+    assert hs.state.watched_service_count == 0
     assert len(hs.state) == 1
 
 
@@ -189,5 +191,6 @@ async def test_memory_bounded_after_10000_watch_streams_opened_and_closed() -> N
     assert growth < 50 * MIB, f"RSS grew by {growth / MIB:.1f} MiB"
     # Every watcher was unregistered at once, and no per-name bookkeeping stayed behind.
     assert state.watcher_count == 0
-    assert not state._watchers and not state._owner_counts
+    assert state.watched_service_count == 0
+    assert state.watcher_owner_count == 0
     assert len(state) == 1

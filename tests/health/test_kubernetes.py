@@ -11,14 +11,17 @@ def test_defaults_and_drain() -> None:
     probes = KubernetesProbes(state)
     assert state.get(LIVENESS) is ServingStatus.SERVING
     assert state.get(READINESS) is ServingStatus.NOT_SERVING
-    assert probes.live and not probes.ready
+    assert probes.live
+    assert not probes.ready
     probes.set_ready(True)
-    assert state.get(READINESS) is ServingStatus.SERVING and probes.ready
+    assert state.get(READINESS) is ServingStatus.SERVING
+    assert probes.ready
     probes.drain()
     assert state.get(READINESS) is ServingStatus.NOT_SERVING
     assert state.get(LIVENESS) is ServingStatus.SERVING
     probes.set_live(False)
-    assert state.get(LIVENESS) is ServingStatus.NOT_SERVING and not probes.live
+    assert state.get(LIVENESS) is ServingStatus.NOT_SERVING
+    assert not probes.live
 
 
 def test_custom_names() -> None:

@@ -26,7 +26,8 @@ def _load_generator() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "_health_proto_generate", REPO_ROOT / "proto" / "generate.py"
     )
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

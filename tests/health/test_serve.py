@@ -378,3 +378,79 @@ async def test_bad_flags_exit_2_with_a_message(args: list[str], message: str) ->
     assert "usage: python -m health serve" in stderr
     assert message in stderr
     assert result.stdout == b""
+
+
+# ------------------------------------------------------- in process: no subprocess
+
+
+def test_main_usage_and_unknown_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    from health.__main__ import main
+
+    assert main([]) == 1
+    assert main(["--help"]) == 0
+    assert "serve" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 1
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--port", "http"], "not a port number: 'http'"),
+    (["--port", "70000"], "port out of range: 70000"),
+    (["--grace", "soon"], "not a number: 'soon'"),
+    (["--grace", "-1"], "must be >= 0"),
+    (["--metrics"], "--metrics needs --admin-port"),
+    (["--tls-key", "k.pem"], "TLS needs --tls-cert"),
+    (["--tls-cert", "c.pem", "--unix", "x.sock"], "TLS is for TCP"),
+])
+def test_flag_mistakes_are_one_line(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                    message: str) -> None:
+    from health.__main__ import serve_main
+
+    with pytest.raises(SystemExit) as info:
+        serve_main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_config_and_tls_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from health.__main__ import serve_main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nport = 'x'\n")
+    assert serve_main(["--config", str(bad)]) == 2
+    assert f"error: {bad}:2: server.port: must be an integer" in capsys.readouterr().err
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    assert serve_main(["--tls-cert", str(tmp_path / "cert.pem")]) == 2
+    assert "python -m health serve: error: " in capsys.readouterr().err
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    import argparse
+
+    from health.__main__ import _config_from_args, _serve_parser
+    from health.config import load_config
+
+    path = tmp_path / "health.toml"
+    path.write_text('[server]\nport = 1234\ngrace = 2\n[services.a]\nstatus = "SERVING"\n')
+    base = load_config(path)
+    parser = _serve_parser()
+    parser.set_defaults(**base.arg_defaults())
+    args: argparse.Namespace = parser.parse_args(["--grace", "7", "--service", "a=NOT_SERVING"])
+    config = _config_from_args(args, base)
+    assert (config.port, config.grace, config.tls) == (1234, 7.0, None)
+    assert config.initial_statuses()["a"] == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_the_file_sets_the_flag_defaults(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from health.__main__ import serve_main
+
+    path = tmp_path / "health.toml"
+    # A valid file whose values become the defaults; a flag then contradicts it.
+    path.write_text('[server]\nunix = "never-used.sock"\n')
+    with pytest.raises(SystemExit) as info:
+        serve_main(["--config", str(path), "--tls-cert", "c.pem"])
+    assert info.value.code == 2
+    assert "TLS is for TCP" in capsys.readouterr().err

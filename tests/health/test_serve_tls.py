@@ -81,9 +81,12 @@ async def test_serve_tls_flag_errors(tmp_path: Path, pki: dict[str, str]) -> Non
         return result.returncode, result.stderr.decode()
 
     code, err = await run("--tls-key", pki["server_key"])
-    assert code == 2 and "--tls-cert" in err
+    assert code == 2
+    assert "--tls-cert" in err
     code, err = await run("--tls-cert", str(tmp_path / "missing.pem"))
-    assert code == 2 and "missing.pem" in err
+    assert code == 2
+    assert "missing.pem" in err
     code, err = await run("--tls-cert", pki["server_cert"], "--tls-key", pki["server_key"],
                           "--require-client-cert")
-    assert code == 2 and "client_ca" in err
+    assert code == 2
+    assert "client_ca" in err

@@ -12,8 +12,9 @@ import trio.testing
 from health._health_pb2 import HealthCheckRequest, HealthCheckResponse
 from health.errors import ServiceNameError, WatcherLimitError
 from health.service import WATCH_PATH, HealthServer
-from health.state import HealthState, Subscription
 from health.status import ServingStatus
+from health.status_map import HealthState
+from health.subscriptions import Subscription, SubscriptionRegistry
 from tests.wire.h2client import grpc_frame, open_memory_client
 from tests.wire.rawconn import BOUND
 from wire import ServerOptions, StatusCode
@@ -90,12 +91,15 @@ def test_unknown_service_then_set_then_removed_and_isolation() -> None:
 def test_close_unregisters_and_silences() -> None:
     state = HealthState({"svc": SERVING})
     sub, rec = subscribe(state, "svc", owner="conn")
-    assert state.watcher_count == 1 and state.watcher_count_for("conn") == 1
+    assert state.watcher_count == 1
+    assert state.watcher_count_for("conn") == 1
     sub.close()
     sub.close()  # idempotent
     assert sub.closed
-    assert state.watcher_count == 0 and state.watcher_count_for("conn") == 0
-    assert not state._watchers and not state._owner_counts
+    assert state.watcher_count == 0
+    assert state.watcher_count_for("conn") == 0
+    assert state.watched_service_count == 0
+    assert state.watcher_owner_count == 0
     state.set("svc", NOT_SERVING)
     assert rec.notified == 0
     assert sub.take() is None
@@ -260,6 +264,40 @@ async def test_watch_never_read_keeps_only_latest() -> None:
         await trio.testing.wait_all_tasks_blocked()
         got = [HealthCheckResponse.FromString(p).status for p in client.streams[sid].payloads()]
     assert got[0] == SERVING
-    assert got[-1] == UNKNOWN and got.count(UNKNOWN) == 1
+    assert got[-1] == UNKNOWN
+    assert got.count(UNKNOWN) == 1
     assert all(a != b for a, b in itertools.pairwise(got))
     assert len(got) <= 64 // 7 + 3
+
+
+def test_a_failing_callback_is_logged_and_set_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    state = HealthState()
+    woken: list[str] = []
+
+    def fail() -> None:
+        raise RuntimeError("subscriber bug")
+
+    failing = state.subscribe("svc", fail)
+    state.subscribe("svc", lambda: woken.append("other"))
+    with caplog.at_level(logging.ERROR, logger="health"):
+        state.set("svc", NOT_SERVING)
+    assert state.get("svc") is NOT_SERVING
+    assert woken == ["other"]
+    (record,) = [r for r in caplog.records if "subscription callback" in r.getMessage()]
+    assert record.exc_info is not None
+    assert "subscriber bug" in str(record.exc_info[1])
+    assert repr(failing) == "<Subscription service='svc' owner=None open>"
+    failing.close()
+    assert repr(failing) == "<Subscription service='svc' owner=None closed>"
+
+
+def test_the_registry_ignores_what_it_does_not_hold() -> None:
+    registry = SubscriptionRegistry(max_total=2, max_per_owner=1)
+    state = HealthState()
+    sub = registry.subscribe(state, "svc", lambda: None, "conn")
+    other = SubscriptionRegistry().subscribe(state, "svc", lambda: None, None)
+    registry.unregister(other)  # never registered here
+    assert registry.count == 1
+    registry.unregister(sub)
+    registry.unregister(sub)  # already gone
+    assert (registry.count, registry.service_count, registry.owner_count) == (0, 0, 0)

@@ -22,8 +22,8 @@ from wire import (
     StatusCode,
     unary_unary,
 )
+from wire.calls import PushCall
 from wire.handlers import unary_stream_push
-from wire.server import PushCall
 
 from .h2client import grpc_frame, open_memory_client
 from .test_server_raw import BOUND, CANCEL, assert_ok, assert_trailers_only, unary
@@ -138,7 +138,8 @@ async def test_sync_unary_ok_runs_in_the_reader(tf_server: Server, tf: TaskFreeS
     assert_ok(first, [b"one"])
     assert_ok(second, [b"two"])
     # No task per call: both ran in the same (reader) task.
-    assert len(tf.tasks) == 2 and tf.tasks[0] is tf.tasks[1]
+    assert len(tf.tasks) == 2
+    assert tf.tasks[0] is tf.tasks[1]
 
 
 async def test_sync_unary_metadata(tf_server: Server) -> None:
@@ -321,7 +322,8 @@ async def test_push_deadline_ends_with_deadline_exceeded(
         assert trio.current_time() - start == pytest.approx(0.1, abs=0.01)
         assert rec.grpc_status == StatusCode.DEADLINE_EXCEEDED
         assert rec.payloads() == [b"hello w"]
-        assert call.closed and tf.closed == [sid]
+        assert call.closed
+        assert tf.closed == [sid]
         # The other call, with a later deadline, is still open until then.
         assert not long_call.closed
         assert long_call.send(b"later")
@@ -344,7 +346,8 @@ async def test_push_shutdown_ends_after_grace(tf_server: Server, tf: TaskFreeSer
     assert rec.grpc_message == "server is shutting down"
     assert rec.payloads() == [b"hello w"]
     assert tf.closed == [sid]
-    assert client.goaways and client.goaways[0].error_code == h2.errors.ErrorCodes.NO_ERROR
+    assert client.goaways
+    assert client.goaways[0].error_code == h2.errors.ErrorCodes.NO_ERROR
 
 
 async def test_push_finished_by_producer_lets_shutdown_complete(
@@ -358,3 +361,27 @@ async def test_push_finished_by_producer_lets_shutdown_complete(
         rec = await client.wait(sid)
     assert rec.grpc_status == StatusCode.UNAVAILABLE
     assert rec.grpc_message == "bye"
+
+
+async def test_sync_call_waiting_for_its_request_ends_with_shutdown(
+        tf_server: Server, tf: TaskFreeService, autojump_clock: trio.abc.Clock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Its handler never ran: the status alone (Trailers-Only), logged once, like every ending.
+    with caplog.at_level(logging.DEBUG, logger="wire.server"):
+        async with open_memory_client(tf_server.serve_stream) as client:
+            sid = await client.request(SYNC_META, grpc_frame(b"half"), end_stream=False)
+            push_sid, _call = await _open_push(client, tf)
+            with trio.fail_after(BOUND * 10):
+                await tf_server.shutdown(2)
+            rec = await client.wait(sid)
+            push = await client.wait(push_sid)
+    assert_trailers_only(rec, StatusCode.UNAVAILABLE)
+    assert rec.grpc_message == "server is shutting down"
+    assert rec.trailers.get("x-trailing") is None
+    assert push.grpc_status == StatusCode.UNAVAILABLE
+    assert tf.tasks == []
+    ended = [r.getMessage() for r in caplog.records if " ended " in r.getMessage()]
+    assert ended == [
+        f"memory: call {SYNC_META} ended UNAVAILABLE in 2000.0 ms: 'server is shutting down'",
+        f"memory: call {PUSH} ended UNAVAILABLE in 2000.0 ms",
+    ]

@@ -1,4 +1,4 @@
-"""Tests of the gRFC A17 health watcher, on Trio's MockClock: no real sleeps, exact timings.
+"""Tests of the gRFC A17 backend follower, on Trio's MockClock: no real sleeps, exact timings.
 
 Backends are in-memory servers (``tests.health.memnet``) that can go away and come back.
 """
@@ -6,13 +6,16 @@ Backends are in-memory servers (``tests.health.memnet``) that can go away and co
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from health.follow import BackendFollower, Backoff, BackoffDelays, HealthReport
 from health.status import ServingStatus
-from health.watch import Backoff, HealthReport, HealthWatcher, _BackoffState
 from wire import Server
 
 from .memnet import HealthBackend, MemoryBackend, channel_to
@@ -36,7 +39,7 @@ class NoJitter(random.Random):
 
 
 def test_backoff_series_without_jitter() -> None:
-    state = _BackoffState(Backoff(), NoJitter())
+    state = BackoffDelays(Backoff(), NoJitter())
     delays = [state.next_delay() for _ in range(14)]
     expected = [1.0]
     for _ in range(13):
@@ -46,7 +49,7 @@ def test_backoff_series_without_jitter() -> None:
 
 
 def test_backoff_jitter_bounds_and_reset() -> None:
-    state = _BackoffState(Backoff(), random.Random(1234))
+    state = BackoffDelays(Backoff(), random.Random(1234))
     current = 1.0
     assert state.next_delay() == 1.0  # the first retry is not jittered
     for _ in range(20):
@@ -58,22 +61,22 @@ def test_backoff_jitter_bounds_and_reset() -> None:
 
 
 def test_backoff_is_deterministic_with_a_seeded_random() -> None:
-    a = _BackoffState(Backoff(), random.Random(7))
-    b = _BackoffState(Backoff(), random.Random(7))
+    a = BackoffDelays(Backoff(), random.Random(7))
+    b = BackoffDelays(Backoff(), random.Random(7))
     assert [a.next_delay() for _ in range(10)] == [b.next_delay() for _ in range(10)]
 
 
 def test_backoff_rejects_nonsense() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="multiplier >= 1"):
         Backoff(multiplier=0.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="jitter < 1"):
         Backoff(jitter=1.5)
 
 
 # ---------------------------------------------------------------------- watching
 
 
-async def wait_for(watcher: HealthWatcher, healthy: bool) -> HealthReport:
+async def wait_for(watcher: BackendFollower, healthy: bool) -> HealthReport:
     """Wait (bounded by MockClock time) until the watcher reports ``healthy``."""
     with trio.fail_after(600):
         while watcher.healthy is not healthy:  # bounded by the fail_after above
@@ -81,12 +84,23 @@ async def wait_for(watcher: HealthWatcher, healthy: bool) -> HealthReport:
     return watcher.report
 
 
+@asynccontextmanager
+async def following(nursery: trio.Nursery, backend: HealthBackend,
+                    **options: Any) -> AsyncIterator[BackendFollower]:
+    """A follower of ``backend``'s ``""``, running in ``nursery``, once it reports healthy."""
+    async with channel_to(backend) as channel:
+        follower = BackendFollower(channel, **options)
+        nursery.start_soon(follower.run)
+        await wait_for(follower, True)
+        yield follower
+
+
 async def test_reports_follow_serving_status(autojump_clock: trio.testing.MockClock) -> None:
     reports: list[HealthReport] = []
     async with trio.open_nursery() as nursery:
         backend = HealthBackend(nursery, svc=ServingStatus.SERVING)
         async with channel_to(backend) as channel:
-            watcher = HealthWatcher(channel, "svc", on_change=reports.append)
+            watcher = BackendFollower(channel, "svc", on_change=reports.append)
             assert not watcher.healthy  # not yet checked
             nursery.start_soon(watcher.run)
             await wait_for(watcher, True)
@@ -110,7 +124,7 @@ async def test_unknown_service_is_unhealthy_until_registered(
     async with trio.open_nursery() as nursery:
         backend = HealthBackend(nursery)
         async with channel_to(backend) as channel:
-            watcher = HealthWatcher(channel, "later")
+            watcher = BackendFollower(channel, "later")
             nursery.start_soon(watcher.run)
             with trio.fail_after(10):
                 while watcher.report.status is not ServingStatus.SERVICE_UNKNOWN:
@@ -126,7 +140,7 @@ async def test_unimplemented_means_healthy_and_stops_watching(
     async with trio.open_nursery() as nursery:
         backend = MemoryBackend(Server(), nursery)  # no health service at all
         async with channel_to(backend) as channel:
-            watcher = HealthWatcher(channel)
+            watcher = BackendFollower(channel)
             with trio.fail_after(10):
                 await watcher.run()  # returns instead of retrying
             assert watcher.healthy
@@ -139,10 +153,7 @@ async def test_outage_retries_with_backoff_then_recovers(
         autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         backend = HealthBackend(nursery)
-        async with channel_to(backend) as channel:
-            watcher = HealthWatcher(channel, rng=LowJitter())
-            nursery.start_soon(watcher.run)
-            await wait_for(watcher, True)
+        async with following(nursery, backend, rng=LowJitter()) as watcher:
             backend.connects.clear()
             t0 = trio.current_time()
             await backend.down()
@@ -179,7 +190,7 @@ async def test_backoff_caps_at_the_maximum(autojump_clock: trio.testing.MockCloc
         backend = HealthBackend(nursery)
         backend.is_up = False  # never reachable
         async with channel_to(backend) as channel:
-            watcher = HealthWatcher(channel, rng=NoJitter(),
+            watcher = BackendFollower(channel, rng=NoJitter(),
                                     backoff=Backoff(initial=1.0, maximum=10.0))
             nursery.start_soon(watcher.run)
             with trio.fail_after(600):
@@ -196,10 +207,7 @@ async def test_server_shutdown_ends_watch_and_watcher_retries(
         autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         first = HealthBackend(nursery)
-        async with channel_to(first) as channel:
-            watcher = HealthWatcher(channel, rng=NoJitter())
-            nursery.start_soon(watcher.run)
-            await wait_for(watcher, True)
+        async with following(nursery, first, rng=NoJitter()) as watcher:
             # Graceful shutdown: NOT_SERVING is pushed, then the Watch ends with UNAVAILABLE.
             nursery.start_soon(first.health.shutdown, 1.0)
             report = await wait_for(watcher, False)
@@ -217,7 +225,7 @@ async def test_wait_changed_returns_the_latest_report(
     async with trio.open_nursery() as nursery:
         backend = HealthBackend(nursery, svc=ServingStatus.NOT_SERVING)
         async with channel_to(backend) as channel:
-            watcher = HealthWatcher(channel, "svc")
+            watcher = BackendFollower(channel, "svc")
             version = watcher.version
             nursery.start_soon(watcher.run)
             report = await watcher.wait_changed(version)
