@@ -857,6 +857,10 @@ async def test_max_connections() -> None:
                 async with open_h2_client(stream) as client:
                     b = Bystander(client, 0)
                     await b.check()
+                    # A call left open: only connections without calls are evicted at the cap.
+                    sid = client.new_stream()
+                    await client.send_headers(sid, grpc_request_headers(SLEEP))
+                    await client.send_data(sid, grpc_frame(b""), end_stream=True)
                     opened.append(b)
                     if len(opened) == n:
                         ready.set()
