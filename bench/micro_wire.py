@@ -67,15 +67,15 @@ def client_bytes(requests: int, batch: int) -> tuple[bytes, list[bytes]]:
     return start, batches
 
 
-def serve(start: bytes, batches: list[bytes]) -> tuple[int, int]:
+def serve(start: bytes, batches: list[bytes], http2: str = "h2") -> tuple[int, int]:
     from health.service import _RESPONSES, _parse_check_request
     from health.status import ServingStatus
-    from wire.connection import ServerConnection
+    from wire.connection import ServerConfig, ServerConnection
     from wire.events import MessageReceived, RequestEnded
     from wire.status import StatusCode
 
     response = _RESPONSES[ServingStatus.SERVING]
-    conn = ServerConnection()
+    conn = ServerConnection(ServerConfig(http2=http2))  # type: ignore[arg-type]
     conn.receive_data(start)
     sent = len(conn.data_to_send())
     answered = 0
@@ -137,12 +137,13 @@ VARIANTS: list[tuple[str, dict[str, bool], bool, bool]] = [
 ]
 
 
-def timed(start: bytes, batches: list[bytes], requests: int, repeat: int) -> tuple[float, int]:
+def timed(start: bytes, batches: list[bytes], requests: int, repeat: int,
+          http2: str = "h2") -> tuple[float, int]:
     best = float("inf")
     sent = 0
     for _ in range(repeat):
         t0 = time.process_time()
-        answered, sent = serve(start, batches)
+        answered, sent = serve(start, batches, http2)
         best = min(best, time.process_time() - t0)
         if answered != requests:
             raise SystemExit(f"only {answered} of {requests} answered")
@@ -156,13 +157,16 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3, help="report the best of this many")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--variants", action="store_true")
+    p.add_argument("--http2", default="h2,native",
+                   help="HTTP/2 engines to time, comma-separated (default: both)")
     args = p.parse_args()
     start, batches = client_bytes(args.requests, args.batch)
-    serve(*client_bytes(1000, args.batch))  # warm-up: imports, caches
-    us, sent = timed(start, batches, args.requests, args.repeat)
-    print(f"sans-I/O ServerConnection: {us:.1f} µs CPU per Check "
-          f"(best of {args.repeat}, {args.requests:,} requests in batches of {args.batch}; "
-          f"{sent / args.requests:.0f} response bytes/request)")
+    for engine in args.http2.split(","):
+        serve(*client_bytes(1000, args.batch), engine)  # warm-up: imports, caches
+        us, sent = timed(start, batches, args.requests, args.repeat, engine)
+        print(f"sans-I/O ServerConnection, http2={engine}: {us:.1f} µs CPU per Check "
+              f"(best of {args.repeat}, {args.requests:,} requests in batches of {args.batch}; "
+              f"{sent / args.requests:.0f} response bytes/request)")
     if args.variants:
         # Interleaved rounds, best of each: a burst of outside load then hits every variant.
         best = dict.fromkeys(range(len(VARIANTS)), float("inf"))

@@ -1,12 +1,14 @@
 """Benchmark our gRPC health server against grpclib's and grpcio's (see bench/README.md).
 
-    python bench/run.py [--quick] [--only ours,grpclib,grpcio] [--skip-watch] [--output PATH]
+    python bench/run.py [--quick] [--only ours,ours-native,grpclib,grpcio] [--skip-watch]
+                        [--output PATH]
 
 Run it with the project's venv python (it needs ``h2``/``hpack`` and the ``health`` package).
 Every server runs alone, as its own subprocess on 127.0.0.1, so that its CPU time can be read
 from /proc/<pid>/stat before and after each measurement:
 
-* ours: ``python -m health serve`` (this venv);
+* ours / ours-native: ``python -m health serve`` (this venv) on the h2 / native HTTP/2 engine,
+  through ``bench/serve_ours.py``;
 * grpclib: ``grpclib.server.Server`` + ``grpclib.health.service.Health`` (bench/.venv-peers);
 * grpcio: ``grpc.aio.server`` + ``grpc_health.v1.health.aio.HealthServicer`` (bench/.venv-peers).
 
@@ -47,7 +49,11 @@ PEER_VENV = BENCH / ".venv-peers"
 PEER_PY = PEER_VENV / "bin" / "python"
 PEER_PACKAGES = ["grpclib", "protobuf", "grpcio", "grpcio-health-checking"]
 
-SERVERS = ("ours", "grpclib", "grpcio")
+SERVERS = ("ours", "ours-native", "h2-floor", "grpclib", "grpcio")
+#: bench/h2_floor.py: bare Trio + h2 answering Check only (no Watch, no validation).
+FLOOR = "h2-floor"
+#: Our server on each HTTP/2 engine: "ours" is the default engine (h2).
+OURS = {"ours": "h2", "ours-native": "native"}
 POINTS = ((1, 1), (1, 16), (8, 16))
 CHECK_SERVICE = "bench.check"
 WATCH_SERVICE = "bench.watch"
@@ -346,7 +352,7 @@ class Server:
 
     def set_status(self, service: str, status: str) -> None:
         """Change a status the way an operator would (our admin API, the peers' stdin)."""
-        if self.kind == "ours":
+        if self.kind in OURS:
             assert self.admin_port is not None
             conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)
             try:
@@ -368,9 +374,12 @@ class Server:
 def start_server(kind: str, logdir: Path) -> Iterator[Server]:
     services = [f"{CHECK_SERVICE}=SERVING", f"{WATCH_SERVICE}=SERVING"]
     svc_args = [a for s in services for a in ("--service", s)]
-    if kind == "ours":
-        cmd = [sys.executable, "-m", "health", "serve", "--host", "127.0.0.1", "--port", "0",
+    if kind in OURS:
+        cmd = [sys.executable, str(BENCH / "serve_ours.py"), OURS[kind], "serve",
+               "--host", "127.0.0.1", "--port", "0",
                "--admin-port", "0", "--grace", "0.5", "--log-level", "WARNING", *svc_args]
+    elif kind == FLOOR:
+        cmd = [sys.executable, str(BENCH / "h2_floor.py"), "--port", "0"]
     else:
         cmd = [str(PEER_PY), str(BENCH / "peer_server.py"), kind, "--port", "0", *svc_args]
     proc = Proc(kind, [*NICE, *cmd], logdir)
@@ -381,8 +390,9 @@ def start_server(kind: str, logdir: Path) -> Iterator[Server]:
             raise BenchError(f"{kind}: unexpected first line {first!r}\n{proc.stderr_tail()}")
         port = int(m.group(1))
         admin = None
-        desc = m.group(2) or "python -m health serve (Trio + our HTTP/2 codec)"
-        if kind == "ours":
+        desc = m.group(2) or (f"python -m health serve (Trio, http2={OURS[kind]})"
+                              if kind in OURS else kind)
+        if kind in OURS:
             second = proc.readline(30, "its 'admin' line")
             if not second.startswith("admin "):
                 raise BenchError(f"ours: unexpected second line {second!r}")
@@ -409,7 +419,7 @@ def verify(server: Server, captured: Any, logdir: Path) -> str:
         raise BenchError(f"{server.kind} does not answer h2load's Check request with OK "
                          f"SERVING: {reply.describe()}")
     note = f"h2load request replayed: {reply.describe()}"
-    grpc_py = PEER_PY if PEER_PY.exists() else None
+    grpc_py = PEER_PY if PEER_PY.exists() and server.kind != FLOOR else None  # Check only
     if grpc_py is not None:
         result = run_cmd([str(grpc_py), str(BENCH / "grpc_verify.py"),
                           f"127.0.0.1:{server.port}", CHECK_SERVICE], 60, "grpcio verification")
@@ -623,15 +633,17 @@ def render(results: dict[str, Any]) -> str:
                              f"{_fmt(md['p50_ms'], 2)} | {_fmt(md['p99_ms'], 2)} | "
                              f"{_fmt(md['cpu_us'], 0)} | {_fmt(md['cpu_util'], 0)} | "
                              f"{_fmt(md.get('cpu_wait'), 0)} |")
-        peers = [k for k in kinds if k != "ours"]
-        if "ours" in kinds and peers:
-            lines += ["", "### Ratios ours / peer", "",
+        for ours in [k for k in kinds if k in OURS]:
+            peers = [k for k in kinds if k != ours and (ours != "ours" or k not in OURS)]
+            if not peers:
+                continue
+            lines += ["", f"### Ratios {ours} / peer", "",
                       "Throughput: above 1 means ours is faster. CPU and latency: below 1 means "
                       "ours is cheaper/quicker.", "",
-                      "| c x m | metric | " + " | ".join(f"ours/{p}" for p in peers) + " |",
+                      "| c x m | metric | " + " | ".join(f"{ours}/{p}" for p in peers) + " |",
                       "|---|---|" + "---:|" * len(peers)]
             for point in [f"{c}x{m}" for c, m in POINTS]:
-                o = check.get("ours", {}).get(point, {}).get("median")
+                o = check.get(ours, {}).get(point, {}).get("median")
                 if o is None:
                     continue
                 for metric, label in (("rps", "req/s"), ("cpu_us", "CPU/req"),
@@ -667,13 +679,15 @@ def render(results: dict[str, Any]) -> str:
                              f"{_fmt(r['change_cpu_us_per_watcher'], 1)} | "
                              f"{_fmt(r['rss_per_watcher_kib'], 1)} | "
                              f"{_fmt(r['idle_cpu_pct'], 1)} |")
-        peers = [k for k in kinds if k != "ours"]
-        if "ours" in kinds and peers:
-            lines += ["", "### Ratios ours / peer (below 1: ours is quicker / smaller)", "",
-                      "| N | metric | " + " | ".join(f"ours/{p}" for p in peers) + " |",
+        for ours in [k for k in kinds if k in OURS]:
+            peers = [k for k in kinds if k != ours and (ours != "ours" or k not in OURS)]
+            if not peers:
+                continue
+            lines += ["", f"### Ratios {ours} / peer (below 1: ours is quicker / smaller)", "",
+                      "| N | metric | " + " | ".join(f"{ours}/{p}" for p in peers) + " |",
                       "|---:|---|" + "---:|" * len(peers)]
             for n in cfg["watchers"]:
-                o = watch.get("ours", {}).get(str(n))
+                o = watch.get(ours, {}).get(str(n))
                 if o is None or "error" in o:
                     continue
                 for metric, label in (("fanout_ms", "fan-out time"),
@@ -765,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ensure_ours()
         h2load = ensure_h2load()
-        peers = [s for s in args.only if s != "ours"]
+        peers = [s for s in args.only if s not in OURS and s != FLOOR]
         if peers:
             ensure_peer_venv()
         results: dict[str, Any] = {
@@ -818,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
                 info["error"] = str(exc).splitlines()[0]
                 log(f"{kind} FAILED: {exc}")
                 continue
-            if args.skip_watch:
+            if args.skip_watch or kind == FLOOR:
                 continue
             results["watch"][kind] = {}
             for n in args.watchers:

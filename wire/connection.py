@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-``ServerConnection`` drives one ``h2codec.H2ServerCodec`` (our own HTTP/2 server codec, which
-calls back into this object as it parses) and adds the gRPC layer on top:
+``ServerConnection`` drives one HTTP/2 engine (``wire.http2``: h2 by default, or our native
+codec; ``ServerConfig.http2`` picks), which calls back into this object in the order the peer
+spoke, and adds the gRPC layer on top. It depends only on the engine interface:
 
 * Every request's headers are validated here, in the order grpc-go applies them. A request that
   fails is answered by this object itself (an HTTP error or a Trailers-Only response) and is
@@ -17,13 +18,16 @@ calls back into this object as it parses) and adds the gRPC layer on top:
 * Nothing here knows about sockets, Trio or which methods exist: the I/O layer answers unknown
   methods with ``send_status(UNIMPLEMENTED)`` like any other outcome.
 
-Graceful shutdown uses ``start_drain()``: a GOAWAY naming the last stream we accepted; streams the
-client opens afterwards are refused with REFUSED_STREAM (safe for it to retry elsewhere) while
-calls in flight run to completion.
+Graceful shutdown uses ``start_drain()`` in two steps, as RFC 9113 section 6.8 advises and
+grpc-go does: a GOAWAY naming stream 2^31-1 and a PING; when the PING's ACK is back, every
+request the client sent before it saw the first GOAWAY has arrived, and a second GOAWAY names
+the last stream we accepted. Streams the client opens after that are refused with
+REFUSED_STREAM (safe for it to retry elsewhere) while calls in flight run to completion.
 
 The plain OK answer is cheap on purpose: the response HEADERS and the ``grpc-status: 0``
-trailers are header blocks encoded once per process, so a unary call costs three frame headers
-and a copy of its message on the way out.
+trailers are constant header lists (tuples), which an engine may encode once (the native engine
+does, per process), so a unary call costs three frame headers and a copy of its message on the
+way out.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ import collections
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import get_args
 
 from .compression import ACCEPT_ENCODING, SUPPORTED_ENCODINGS, compress, parse_accept_encoding
-from .errors import ProtocolError, RpcError
+from .errors import RemoteProtocolError, RpcError
 from .events import (
     CallAborted,
     ConnectionTerminated,
@@ -46,32 +51,27 @@ from .events import (
     StreamReset,
 )
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, MessageDecoder, encode_message
-from .h2codec import (
-    CANCEL,
-    ENHANCE_YOUR_CALM,
-    NO_ERROR,
-    REFUSED_STREAM,
-    H2ConnectionError,
-    H2ServerCodec,
-    encode_headers,
-)
+from .http2 import MAX_STREAM_ID, EngineLimits, EngineName, HeaderList, open_engine
+from .keepalive import MAX_PING_STRIKES, TOO_MANY_PINGS, EnforcementPolicy, PingEnforcer
 from .metadata import MetadataLike, encode_bin, from_headers, percent_encode, to_headers
-from .status import StatusCode
+from .status import ErrorCode, StatusCode
 from .timeout import parse_timeout
 
 __all__ = ["ServerConfig", "ServerConnection"]
 
-_NO_ERROR = NO_ERROR
+_NO_ERROR = ErrorCode.NO_ERROR
+_ENHANCE_YOUR_CALM = ErrorCode.ENHANCE_YOUR_CALM
+#: The opaque data of the PING that closes the first step of a graceful drain.
+_DRAIN_PING = b"drain\0\0\0"
 
 # Every response starts with these (PROTOCOL-HTTP2.md "Response-Headers").
 _STATUS_200 = (b":status", b"200")
 _CONTENT_TYPE = (b"content-type", b"application/grpc")
 _ACCEPT_ENCODING = (b"grpc-accept-encoding", ACCEPT_ENCODING.encode())
 _STATUS_BYTES = {code: str(int(code)).encode() for code in StatusCode}
-# The header blocks of a plain OK call, HPACK-encoded once for every connection: the encoding
-# never uses the dynamic table (see h2codec.encode_headers), so the bytes never change.
-_RESPONSE_BLOCK = encode_headers([_STATUS_200, _CONTENT_TYPE, _ACCEPT_ENCODING], huffman=True)
-_OK_TRAILERS_BLOCK = encode_headers([(b"grpc-status", b"0")], huffman=True)
+# The header lists of a plain OK call: tuples, which an engine may encode once and reuse.
+_RESPONSE_HEADERS: HeaderList = (_STATUS_200, _CONTENT_TYPE, _ACCEPT_ENCODING)
+_OK_TRAILERS: HeaderList = ((b"grpc-status", b"0"),)
 
 
 @dataclass(frozen=True)
@@ -104,13 +104,45 @@ class ServerConfig:
     #: DATA frames that carry nothing and do not end the stream.
     max_empty_data_frames: int = 1000
     abuse_window: float = 10.0
-    #: gRPC's keepalive enforcement: a PING sooner than this after the previous one is a
-    #: "strike" (unless we sent HEADERS or DATA in between); more than ``max_ping_strikes``
-    #: strikes -> GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings").
-    min_ping_interval: float = 10.0
-    max_ping_strikes: int = 2
+    #: Keepalive enforcement (grpc-go's ``EnforcementPolicy.MinTime``, see wire.keepalive): a
+    #: PING sooner than this after the previous one is a "strike" (unless we sent HEADERS or
+    #: DATA in between); more than ``max_ping_strikes`` strikes -> GOAWAY(ENHANCE_YOUR_CALM,
+    #: "too_many_pings"). More lenient than grpc-go's 5 minutes.
+    keepalive_min_time: float = 10.0
+    #: ``EnforcementPolicy.PermitWithoutStream``: PINGs with no call open are judged by
+    #: ``keepalive_min_time`` too; if False each one within 2 h of the previous is a strike.
+    keepalive_permit_without_calls: bool = True
+    max_ping_strikes: int = MAX_PING_STRIKES
     #: Time source for the windows above (seconds, monotonic).
     clock: Callable[[], float] = time.monotonic
+    #: The HTTP/2 engine: "h2" (the h2 library, the default) or "native" (our own codec,
+    #: less CPU per call). Both enforce every limit above; see the README's engine table.
+    http2: EngineName = "h2"
+
+    def __post_init__(self) -> None:
+        if self.http2 not in get_args(EngineName):
+            raise ValueError(f"ServerConfig.http2 must be one of {list(get_args(EngineName))}, "
+                             f"got {self.http2!r}")
+        self.ping_policy()  # refuses a bad keepalive_min_time or max_ping_strikes
+
+    def ping_policy(self) -> EnforcementPolicy:
+        """The keepalive enforcement policy these settings describe."""
+        return EnforcementPolicy(min_time=self.keepalive_min_time,
+                                 permit_without_stream=self.keepalive_permit_without_calls,
+                                 max_ping_strikes=self.max_ping_strikes)
+
+    def engine_limits(self) -> EngineLimits:
+        """The HTTP/2 settings and limits the engine is made with."""
+        return EngineLimits(
+            max_concurrent_streams=self.max_concurrent_streams,
+            # We advertise the soft limit but decode up to the hard one, so that a request
+            # between the two is refused as a stream (with a gRPC status), not as a connection.
+            max_header_list_size=self.max_header_list_size,
+            header_block_limit=self.header_list_hard_limit,
+            initial_window_size=self.initial_window_size,
+            max_frame_size=self.max_frame_size,
+            connection_window_increment=self.connection_window_increment,
+        )
 
 
 class _Rate:
@@ -144,28 +176,62 @@ class _Call:
         self.headers_sent = False
         self.client_done = False
         self.pending = bytearray()
-        # The encoded trailer block, once the status is known (sent behind pending data).
-        self.trailers: bytes | None = None
+        # The trailer list, once the status is known (sent behind pending data).
+        self.trailers: HeaderList | None = None
         # RST_STREAM code sent after the trailers when the client has not half-closed.
         self.reset_code: int = _NO_ERROR
 
 
 class _Hooks:
-    """The codec's handler: ServerConnection's private callbacks, bound once."""
+    """The engine's handler (``wire.http2.EngineHandler``): the connection's callbacks."""
 
-    __slots__ = ("on_data", "on_goaway", "on_malformed", "on_ping", "on_request",
-                 "on_settings", "on_stream_reset", "on_trailers", "on_window_update")
+    __slots__ = ("on_data", "on_goaway", "on_malformed", "on_ping", "on_ping_ack",
+                 "on_request", "on_settings", "on_stream_reset", "on_trailers",
+                 "on_window_update")
 
-    def __init__(self, conn: ServerConnection) -> None:
-        self.on_settings = conn._h2_settings
-        self.on_request = conn._h2_request
-        self.on_malformed = conn._h2_malformed
-        self.on_data = conn._h2_data
-        self.on_trailers = conn._h2_trailers
-        self.on_stream_reset = conn._h2_stream_reset
-        self.on_window_update = conn._h2_window_update
-        self.on_ping = conn._h2_ping
-        self.on_goaway = conn._h2_goaway
+    on_settings: Callable[[bool], None]
+    on_request: Callable[[int, list[tuple[bytes, bytes]], bool], None]
+    on_malformed: Callable[[int, str], None]
+    on_data: Callable[[int, bytes, int, bool], None]
+    on_trailers: Callable[[int], None]
+    on_stream_reset: Callable[[int, int, bool], None]
+    on_window_update: Callable[[int], None]
+    on_ping: Callable[[], None]
+    on_ping_ack: Callable[[bytes], None]
+    on_goaway: Callable[[int, int, bytes], None]
+
+    def __init__(self, **callbacks: Callable[..., None]) -> None:
+        for name, callback in callbacks.items():
+            setattr(self, name, callback)
+
+
+#: The request header fields the gRPC layer looks at (the last of a repeated one counts).
+_FIELDS = frozenset({b":path", b":method", b":authority", b"content-type", b"te",
+                     b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding"})
+
+
+def _request_fields(headers: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], int]:
+    """The fields in ``_FIELDS``, and the header list's RFC 9113 size."""
+    found: dict[bytes, bytes] = {}
+    size = 0
+    wanted = _FIELDS
+    for name, value in headers:
+        size += len(name) + len(value) + 32
+        if name in wanted:
+            found[name] = value
+    return found, size
+
+
+class _Rejected(Exception):
+    """A request fails a gRPC check: answered with this HTTP status and gRPC status."""
+
+    def __init__(self, http_status: int, code: StatusCode, message: str,
+                 extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.code = code
+        self.message = message
+        self.extra = extra
 
 
 class ServerConnection:
@@ -173,28 +239,31 @@ class ServerConnection:
 
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config = config or ServerConfig()
-        self._codec = H2ServerCodec(
-            _Hooks(self),
-            max_concurrent_streams=config.max_concurrent_streams,
-            # We advertise the soft limit but decode up to the hard one, so that a request
-            # between the two is refused as a stream (with a gRPC status), not as a connection.
-            max_header_list_size=config.max_header_list_size,
-            header_block_limit=config.header_list_hard_limit,
-            initial_window_size=config.initial_window_size,
-            max_frame_size=config.max_frame_size,
-            connection_window_increment=config.connection_window_increment,
+        hooks = _Hooks(
+            on_settings=self._h2_settings,
+            on_request=self._h2_request,
+            on_malformed=self._h2_malformed,
+            on_data=self._h2_data,
+            on_trailers=self._h2_trailers,
+            on_stream_reset=self._h2_stream_reset,
+            on_window_update=self._h2_window_update,
+            on_ping=self._h2_ping,
+            on_ping_ack=self._h2_ping_ack,
+            on_goaway=self._h2_goaway,
         )
+        self._engine = open_engine(config.http2, hooks, config.engine_limits())
         self._calls: dict[int, _Call] = {}
-        # Events of the receive_data() call in progress (the codec reports as it parses).
+        # Events of the receive_data() call in progress (the engine reports as it parses).
         self._events: list[Event] = []
+        self._draining = False
+        # Set by the drain's second GOAWAY: streams above it are refused.
         self._drain_last_stream_id: int | None = None
         self._closed = False
         clock = config.clock
         self._resets = _Rate(config.max_client_resets, config.abuse_window, clock)
         self._settings = _Rate(config.max_settings_frames, config.abuse_window, clock)
         self._empty_data = _Rate(config.max_empty_data_frames, config.abuse_window, clock)
-        self._last_ping: float | None = None
-        self._ping_strikes = 0
+        self._pings = PingEnforcer(config.ping_policy())
         self._preface_received = False
 
     # ------------------------------------------------------------------ inspection
@@ -205,9 +274,20 @@ class ServerConnection:
         return len(self._calls)
 
     @property
+    def http2(self) -> str:
+        """The name of the HTTP/2 engine under this connection ("h2" or "native")."""
+        return self.config.http2
+
+    @property
     def draining(self) -> bool:
-        """True once ``start_drain()`` has sent GOAWAY."""
-        return self._drain_last_stream_id is not None
+        """True once ``start_drain()`` has sent its first GOAWAY."""
+        return self._draining
+
+    @property
+    def drain_complete(self) -> bool:
+        """True once the drain's final GOAWAY (naming the last stream accepted) went out:
+        no new call can start on this connection."""
+        return self._drain_last_stream_id is not None or (self._draining and self._closed)
 
     @property
     def closed(self) -> bool:
@@ -226,7 +306,7 @@ class ServerConnection:
         a peer that stops reading (its flow-control windows wide open, or its requests
         answered at once) would otherwise make it grow without bound until the write timeout.
         """
-        return self._codec.buffered()
+        return self._engine.buffered()
 
     def pending_output(self, stream_id: int) -> int:
         """Bytes of response data queued on ``stream_id`` waiting for flow-control window."""
@@ -242,27 +322,28 @@ class ServerConnection:
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes read from the socket; return the events they caused.
 
-        Raises ``ProtocolError`` when the peer broke HTTP/2 so badly that the connection must
-        end; the GOAWAY to send is then already in ``data_to_send()``.
+        Raises ``RemoteProtocolError`` when the peer broke HTTP/2 so badly that the connection
+        must end; the GOAWAY to send is then already in ``data_to_send()``.
         """
         if self._closed:
             return []
         events = self._events = []
         try:
-            self._codec.receive_data(data)
-        except H2ConnectionError as exc:
+            self._engine.receive_data(data)
+        except RemoteProtocolError:
             self._closed = True
-            raise ProtocolError(exc.message, exc.error_code) from None
+            self._calls.clear()
+            raise
         finally:
             self._events = []
         return events
 
     def _calm_down(self, why: str) -> None:
-        """End an abusive connection: GOAWAY(ENHANCE_YOUR_CALM) and a ProtocolError."""
-        self.close(ENHANCE_YOUR_CALM, why)
-        raise ProtocolError(why, ENHANCE_YOUR_CALM)
+        """End an abusive connection: GOAWAY(ENHANCE_YOUR_CALM) and a RemoteProtocolError."""
+        self.close(_ENHANCE_YOUR_CALM, why)
+        raise RemoteProtocolError(why, _ENHANCE_YOUR_CALM)
 
-    # The codec's callbacks (see h2codec.H2Handler), called while it parses.
+    # The engine's callbacks (see wire.http2.EngineHandler), called in the peer's order.
 
     def _h2_settings(self, initial_window_changed: bool) -> None:
         self._preface_received = True
@@ -272,14 +353,18 @@ class ServerConnection:
             self._flush_all()
 
     def _h2_ping(self) -> None:
-        now = self.config.clock()
-        last, self._last_ping = self._last_ping, now
-        if last is not None and now - last < self.config.min_ping_interval:
-            self._ping_strikes += 1
-            if self._ping_strikes > self.config.max_ping_strikes:
-                # The debug data grpc-go sends, which gRPC clients recognize to back off.
-                self.close(ENHANCE_YOUR_CALM, "too_many_pings")
-                raise ProtocolError("too many pings", ENHANCE_YOUR_CALM)
+        if self._pings.ping_received(self.config.clock(), len(self._calls)):
+            # The debug data grpc-go sends, which gRPC clients recognize to back off.
+            self.close(_ENHANCE_YOUR_CALM, TOO_MANY_PINGS.decode())
+            raise RemoteProtocolError("too many pings", _ENHANCE_YOUR_CALM)
+
+    def _h2_ping_ack(self, opaque: bytes) -> None:
+        if opaque == _DRAIN_PING and self._draining and self._drain_last_stream_id is None:
+            # The client has seen the first GOAWAY: everything it sent before is in, so the
+            # final GOAWAY can name the last stream for real (RFC 9113 section 6.8).
+            engine = self._engine
+            self._drain_last_stream_id = engine.highest_stream_id
+            engine.goaway(_NO_ERROR)
 
     def _h2_goaway(self, error_code: int, last_stream_id: int, debug: bytes) -> None:
         self._events.append(ConnectionTerminated(error_code, last_stream_id, debug))
@@ -298,7 +383,7 @@ class ServerConnection:
             self._flush_all()
 
     def _h2_malformed(self, sid: int, reason: str) -> None:
-        # RFC 9113 section 8.1.1: the codec has reset the stream with PROTOCOL_ERROR.
+        # RFC 9113 section 8.1.1: the engine has reset the stream with PROTOCOL_ERROR.
         self._events.append(RequestRejected(sid, 0, None, f"malformed request: {reason}"))
 
     def _h2_request(self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
@@ -311,15 +396,19 @@ class ServerConnection:
             self._calm_down("too many empty DATA frames")
         call = self._calls.get(sid)
         if call is None:
+            if flow_length:
+                self._engine.acknowledge_data(sid, flow_length)
             return
         if data:
-            # The codec has reopened the flow-control window already: the decoder bounds what
-            # it holds (one message up to the receive limit).
+            # The decoder bounds what it holds (one message up to the receive limit), so the
+            # credit goes back as soon as the bytes are decoded.
             try:
                 messages = call.decoder.feed(data)
             except RpcError as exc:
+                self._engine.acknowledge_data(sid, flow_length)
                 self._abort(sid, exc)
                 return
+            self._engine.acknowledge_data(sid, flow_length)
             events = self._events
             for message in messages:
                 events.append(MessageReceived(sid, message))
@@ -330,76 +419,31 @@ class ServerConnection:
         self._on_stream_ended(sid)
 
     def _on_request(self, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
-        if len(self._calls) >= self.config.max_concurrent_streams:
-            self._refuse(sid, f"more than {self.config.max_concurrent_streams} concurrent streams")
+        refusal = self._refusal(sid)
+        if refusal is not None:
+            self._refuse(sid, refusal)
             return
-        if self._drain_last_stream_id is not None and sid > self._drain_last_stream_id:
-            self._refuse(sid, "server is shutting down")
+        fields, size = _request_fields(headers)
+        try:
+            self._check_request(fields, size)
+            raw_timeout = fields.get(b"grpc-timeout")
+            timeout = parse_timeout(raw_timeout) if raw_timeout is not None else None
+        except _Rejected as exc:
+            self._reject(sid, exc.http_status, exc.code, exc.message, exc.extra)
             return
-        method = path = content_type = te = timeout_raw = encoding = accept = None
-        authority = b""
-        size = 0
-        for name, value in headers:
-            size += len(name) + len(value) + 32
-            if name == b":path":
-                path = value
-            elif name == b":method":
-                method = value
-            elif name == b":authority":
-                authority = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"te":
-                te = value
-            elif name == b"grpc-timeout":
-                timeout_raw = value
-            elif name == b"grpc-encoding":
-                encoding = value
-            elif name == b"grpc-accept-encoding":
-                accept = value
-        limit = self.config.max_header_list_size
-        if size > limit:
-            self._reject(sid, 200, StatusCode.RESOURCE_EXHAUSTED,
-                         f"request header list of {size} bytes exceeds the limit of {limit}")
+        except ValueError as exc:
+            self._reject(sid, 400, StatusCode.INTERNAL, f"malformed grpc-timeout: {exc}")
             return
-        if method != b"POST":
-            # PROTOCOL-HTTP2.md: only POST is a gRPC request.
-            shown = method.decode("ascii", "replace") if method else ""
-            self._reject(sid, 405, StatusCode.INTERNAL, f"invalid gRPC request method {shown!r}")
-            return
-        if content_type is None or not _is_grpc_content_type(content_type):
-            shown = content_type.decode("ascii", "replace") if content_type else ""
-            self._reject(sid, 415, StatusCode.INTERNAL,
-                         f"invalid gRPC request content-type {shown!r}")
-            return
-        if te != b"trailers":
-            # "TE → 'te' 'trailers' # Used to detect incompatible proxies"
-            self._reject(sid, 400, StatusCode.INTERNAL,
-                         "missing or invalid te header: gRPC requires 'te: trailers'")
-            return
-        timeout: float | None = None
-        if timeout_raw is not None:
-            try:
-                timeout = parse_timeout(timeout_raw)
-            except ValueError as exc:
-                self._reject(sid, 400, StatusCode.INTERNAL, f"malformed grpc-timeout: {exc}")
-                return
         try:
             metadata = from_headers(headers)
+            enc = _request_encoding(fields.get(b"grpc-encoding"))
+        except _Rejected as exc:
+            self._reject(sid, exc.http_status, exc.code, exc.message, exc.extra)
+            return
         except ValueError as exc:
             self._reject(sid, 400, StatusCode.INTERNAL, f"malformed binary metadata: {exc}")
             return
-        enc: str | None = None
-        if encoding is not None:
-            enc = encoding.decode("ascii", "replace").strip().lower()
-            if enc not in SUPPORTED_ENCODINGS:
-                # compression.md: unsupported encoding -> UNIMPLEMENTED, listing what we accept.
-                self._reject(sid, 200, StatusCode.UNIMPLEMENTED,
-                             f"grpc: Decompressor is not installed for grpc-encoding {enc!r}",
-                             extra=[_ACCEPT_ENCODING])
-                return
-            if enc == "identity":
-                enc = None
+        accept = fields.get(b"grpc-accept-encoding")
         accepted = parse_accept_encoding(accept.decode("ascii", "replace") if accept else None)
         # Answer in the request's encoding when the client also accepts it, as grpc-go does;
         # never compress toward a peer that did not offer the encoding.
@@ -407,17 +451,49 @@ class ServerConnection:
         decoder = MessageDecoder(max_message_size=self.config.max_receive_message_size,
                                  encoding=enc)
         self._calls[sid] = _Call(decoder, send_encoding)
+        path = fields.get(b":path")
         self._events.append(
             RequestReceived(
                 stream_id=sid,
                 method=path.decode("utf-8", "replace") if path else "",
                 metadata=metadata,
                 timeout=timeout,
-                authority=authority.decode("utf-8", "replace"),
+                authority=fields.get(b":authority", b"").decode("utf-8", "replace"),
                 encoding=enc,
                 accept_encoding=accepted,
             )
         )
+
+    def _refusal(self, sid: int) -> str | None:
+        """Why a new stream cannot become a call (REFUSED_STREAM), or None."""
+        limit = self.config.max_concurrent_streams
+        if len(self._calls) >= limit:
+            return f"more than {limit} concurrent streams"
+        last = self._drain_last_stream_id
+        if last is not None and sid > last:
+            return "server is shutting down"
+        return None
+
+    def _check_request(self, fields: dict[bytes, bytes], size: int) -> None:
+        """The gRPC request checks, in grpc-go's order; raises ``_Rejected``."""
+        limit = self.config.max_header_list_size
+        if size > limit:
+            raise _Rejected(200, StatusCode.RESOURCE_EXHAUSTED, f"request header list of "
+                            f"{size} bytes exceeds the limit of {limit}")
+        method = fields.get(b":method")
+        if method != b"POST":
+            # PROTOCOL-HTTP2.md: only POST is a gRPC request.
+            shown = method.decode("ascii", "replace") if method else ""
+            raise _Rejected(405, StatusCode.INTERNAL, f"invalid gRPC request method {shown!r}")
+        content_type = fields.get(b"content-type")
+        if content_type is None or not _is_grpc_content_type(content_type):
+            shown = content_type.decode("ascii", "replace") if content_type else ""
+            raise _Rejected(415, StatusCode.INTERNAL,
+                            f"invalid gRPC request content-type {shown!r}")
+        if fields.get(b"te") != b"trailers":
+            # "TE → 'te' 'trailers' # Used to detect incompatible proxies"
+            raise _Rejected(400, StatusCode.INTERNAL,
+                            "missing or invalid te header: gRPC requires 'te: trailers'")
 
     def _on_stream_ended(self, sid: int) -> None:
         call = self._calls.get(sid)
@@ -436,7 +512,7 @@ class ServerConnection:
         self._events.append(CallAborted(sid, exc.code, exc.message))
 
     def _refuse(self, sid: int, why: str) -> None:
-        self._codec.reset_stream(sid, REFUSED_STREAM)
+        self._engine.reset_stream(sid, ErrorCode.REFUSED_STREAM)
         self._events.append(RequestRejected(sid, 0, None, why))
 
     def _reject(
@@ -450,11 +526,11 @@ class ServerConnection:
         headers = [(b":status", str(http_status).encode()), _CONTENT_TYPE, *extra,
                    (b"grpc-status", _STATUS_BYTES[code]),
                    (b"grpc-message", percent_encode(message).encode("ascii"))]
-        codec = self._codec
-        if codec.can_send(sid):
-            codec.send_headers(sid, encode_headers(headers), end_stream=True)
-            if not codec.remote_closed(sid):
-                codec.reset_stream(sid, _NO_ERROR)
+        engine = self._engine
+        if engine.can_send(sid):
+            engine.send_headers(sid, headers, end_stream=True)
+            if not engine.remote_closed(sid):
+                engine.reset_stream(sid, _NO_ERROR)
         self._events.append(RequestRejected(sid, http_status, code, message))
 
     # ------------------------------------------------------------------ output
@@ -462,20 +538,20 @@ class ServerConnection:
     def send_headers(self, stream_id: int, metadata: MetadataLike = ()) -> None:
         """Send the response headers (with initial metadata) unless already sent."""
         call = self._calls.get(stream_id)
-        if call is None or call.headers_sent or not self._codec.can_send(stream_id):
+        if call is None or call.headers_sent or not self._engine.can_send(stream_id):
             return
+        headers: HeaderList
         if call.send_encoding is None and not metadata:
-            block = _RESPONSE_BLOCK
+            headers = _RESPONSE_HEADERS
         else:
             headers = [_STATUS_200, _CONTENT_TYPE]
             if call.send_encoding is not None:
                 headers.append((b"grpc-encoding", call.send_encoding.encode("ascii")))
             headers.append(_ACCEPT_ENCODING)
             headers.extend(to_headers(metadata))
-            block = encode_headers(headers)
-        self._codec.send_headers(stream_id, block)
+        self._engine.send_headers(stream_id, headers)
         call.headers_sent = True
-        self._ping_strikes = 0
+        self._pings.data_sent()
 
     def set_send_encoding(self, stream_id: int, encoding: str | None) -> None:
         """Choose the response encoding before headers go out; the client must accept it."""
@@ -500,7 +576,7 @@ class ServerConnection:
         else:
             data = encode_message(payload)
         call.pending += data
-        self._ping_strikes = 0
+        self._pings.data_sent()
         self._flush(stream_id)
         return True
 
@@ -523,12 +599,12 @@ class ServerConnection:
         call = self._calls.get(stream_id)
         if call is None or call.trailers is not None:
             return False
-        if not self._codec.can_send(stream_id):
+        if not self._engine.can_send(stream_id):
             del self._calls[stream_id]
             return False
         call.reset_code = reset_code
         if code == 0 and not message and not metadata and details is None and call.headers_sent:
-            call.trailers = _OK_TRAILERS_BLOCK
+            call.trailers = _OK_TRAILERS
             self._flush(stream_id)
             return True
         trailers = [(b"grpc-status", _STATUS_BYTES[StatusCode(code)])]
@@ -545,27 +621,33 @@ class ServerConnection:
                          .encode("ascii"))]
         if not call.headers_sent:
             call.headers_sent = True
-            self._codec.send_headers(stream_id,
-                                     encode_headers([_STATUS_200, _CONTENT_TYPE, *trailers]),
-                                     end_stream=True)
+            self._engine.send_headers(stream_id, [_STATUS_200, _CONTENT_TYPE, *trailers],
+                                      end_stream=True)
             self._finish(stream_id, call)
             return True
-        call.trailers = encode_headers(trailers)
+        call.trailers = trailers
         self._flush(stream_id)
         return True
 
-    def reset(self, stream_id: int, error_code: int = CANCEL) -> None:
+    def reset(self, stream_id: int, error_code: int = ErrorCode.CANCEL) -> None:
         """Reset a stream (RST_STREAM) and forget its call."""
         self._calls.pop(stream_id, None)
-        self._codec.reset_stream(stream_id, error_code)
+        self._engine.reset_stream(stream_id, error_code)
 
     def start_drain(self) -> None:
-        """Send GOAWAY(NO_ERROR) naming the last accepted stream; refuse later ones."""
-        if self._drain_last_stream_id is not None or self._closed:
+        """Begin a graceful drain: GOAWAY(NO_ERROR, 2^31-1) and a PING; the final GOAWAY,
+        naming the last stream accepted, follows the PING's ACK; later streams are refused."""
+        if self._draining or self._closed:
             return
-        self._drain_last_stream_id = self._codec.highest_stream_id
-        # The codec keeps serving the streams at or below that id after this GOAWAY.
-        self._codec.goaway(_NO_ERROR)
+        self._draining = True
+        # RFC 9113 section 6.8: "A server that is attempting to gracefully shut down a
+        # connection SHOULD send an initial GOAWAY frame with the last stream identifier set to
+        # 2^31-1 and a NO_ERROR code ... After allowing time for any in-flight stream creation
+        # (at least one round-trip time), the server MAY send another GOAWAY frame with an
+        # updated last stream identifier."
+        engine = self._engine
+        engine.goaway(_NO_ERROR, last_stream_id=MAX_STREAM_ID)
+        engine.ping(_DRAIN_PING)
 
     def close(self, error_code: int = _NO_ERROR, message: str = "") -> None:
         """Send GOAWAY and stop processing the connection."""
@@ -573,15 +655,15 @@ class ServerConnection:
             return
         self._closed = True
         self._calls.clear()
-        self._codec.close(error_code, message.encode("utf-8"))
+        self._engine.close(error_code, message.encode("utf-8"))
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the socket now (possibly empty)."""
-        return self._codec.data_to_send()
+        return self._engine.data_to_send()
 
     def ping(self, opaque: bytes = b"\0" * 8) -> None:
         """Send a PING (keepalive)."""
-        self._codec.ping(opaque)
+        self._engine.ping(opaque)
 
     def _flush_all(self) -> None:
         for sid in [sid for sid, call in self._calls.items() if call.pending or call.trailers]:
@@ -591,16 +673,16 @@ class ServerConnection:
         call = self._calls.get(sid)
         if call is None:
             return
-        codec = self._codec
+        engine = self._engine
         pending = call.pending
         if pending:
-            sent = codec.send_data(sid, pending)
+            sent = engine.send_data(sid, pending)
             if sent < len(pending):
                 del pending[:sent]
                 return  # the trailers wait behind the data
             pending.clear()
-        if call.trailers is not None and codec.can_send(sid):
-            codec.send_headers(sid, call.trailers, end_stream=True)
+        if call.trailers is not None and engine.can_send(sid):
+            engine.send_headers(sid, call.trailers, end_stream=True)
             self._finish(sid, call)
 
     def _finish(self, sid: int, call: _Call) -> None:
@@ -608,7 +690,20 @@ class ServerConnection:
         if not call.client_done:
             # PROTOCOL-HTTP2.md: trailers sent before the client half-closed are followed by
             # RST_STREAM NO_ERROR so the client stops sending.
-            self._codec.reset_stream(sid, call.reset_code)
+            self._engine.reset_stream(sid, call.reset_code)
+
+
+def _request_encoding(encoding: bytes | None) -> str | None:
+    """The request's grpc-encoding (None: identity); raises ``_Rejected`` when unsupported."""
+    if encoding is None:
+        return None
+    enc = encoding.decode("ascii", "replace").strip().lower()
+    if enc not in SUPPORTED_ENCODINGS:
+        # compression.md: unsupported encoding -> UNIMPLEMENTED, listing what we accept.
+        raise _Rejected(200, StatusCode.UNIMPLEMENTED,
+                        f"grpc: Decompressor is not installed for grpc-encoding {enc!r}",
+                        extra=(_ACCEPT_ENCODING,))
+    return None if enc == "identity" else enc
 
 
 def _is_grpc_content_type(value: bytes) -> bool:

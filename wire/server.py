@@ -23,6 +23,7 @@ What is open can be observed, read-only: ``connection_count``, ``connections()``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -44,6 +45,7 @@ from .calls import ConnectionInfo, PushCall, ServerCall
 from .connection import ServerConfig, ServerConnection
 from .driver import ConnectionDriver, ConnectionStats, ServerOptions
 from .handlers import MethodHandler
+from .http2 import EngineName
 from .sockopts import apply_tcp_keepalive
 from .status import ErrorCode
 from .tls import negotiated_h2, peer_certificate
@@ -64,8 +66,14 @@ class Server:
         *,
         config: ServerConfig | None = None,
         options: ServerOptions | None = None,
+        http2: EngineName | None = None,
     ) -> None:
-        self.config = config or ServerConfig()
+        """``http2`` picks the HTTP/2 engine (``"h2"``, the default, or ``"native"``); it
+        overrides ``config.http2``."""
+        config = config or ServerConfig()
+        if http2 is not None:
+            config = dataclasses.replace(config, http2=http2)
+        self.config = config
         self.options = options or ServerOptions()
         self._handlers: dict[str, MethodHandler[Any, Any]] = {}
         self._services: set[str] = set()

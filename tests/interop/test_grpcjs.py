@@ -22,7 +22,8 @@ import trio
 
 import wire.compression
 import wire.framing
-from health import HealthServer, ServingStatus, serve_health
+from health import HealthServer, ServingStatus
+from wire import ServerConfig
 
 HERE = Path(__file__).parent / "grpcjs"
 CLIENT = HERE / "health_client.js"
@@ -63,9 +64,10 @@ def node_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture
-async def server(nursery: trio.Nursery) -> AsyncIterator[HealthServer]:
-    """Our health server on 127.0.0.1:0, shut down at teardown."""
-    hs: HealthServer = await nursery.start(serve_health, "127.0.0.1", 0)
+async def server(nursery: trio.Nursery, http2: str) -> AsyncIterator[HealthServer]:
+    """Our health server on 127.0.0.1:0 on each HTTP/2 engine, shut down at teardown."""
+    hs: HealthServer = await nursery.start(
+        HealthServer(config=ServerConfig(http2=http2)).serve_tcp, "127.0.0.1", 0)
     yield hs
     with trio.fail_after(STEP):
         await hs.shutdown(0)

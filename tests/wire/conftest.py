@@ -1,10 +1,11 @@
-"""Fixtures shared by the wire tests: the test service and a server around it."""
+"""Fixtures shared by the wire tests: the test service and a server around it (on each
+HTTP/2 engine, through the root ``http2`` fixture)."""
 
 from __future__ import annotations
 
 import pytest
 
-from wire import Server
+from wire import Server, ServerConfig
 
 from .service import WireService
 
@@ -15,5 +16,5 @@ def service() -> WireService:
 
 
 @pytest.fixture
-def server(service: WireService) -> Server:
-    return Server(service.handlers())
+def server(service: WireService, http2: str) -> Server:
+    return Server(service.handlers(), config=ServerConfig(http2=http2))

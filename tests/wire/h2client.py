@@ -202,6 +202,8 @@ class H2Client:
         self.streams: dict[int, StreamRecord] = {}
         self.goaways: list[GoAway] = []
         self.goaway_received = trio.Event()
+        #: Set (and replaced) on every GOAWAY, for tests waiting for a second one.
+        self.another_goaway = trio.Event()
         self.settings_received = trio.Event()
         self.eof = trio.Event()  # the server closed the connection (or it broke)
         self.protocol_error: Exception | None = None
@@ -382,6 +384,8 @@ class H2Client:
                 GoAway(int(ev.error_code or 0), ev.last_stream_id or 0, ev.additional_data)
             )
             self.goaway_received.set()
+            self.another_goaway.set()
+            self.another_goaway = trio.Event()
         elif isinstance(ev, h2.events.RemoteSettingsChanged):
             self.settings_received.set()
             self._wake_senders()

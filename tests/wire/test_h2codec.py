@@ -7,6 +7,7 @@ table) and checks the RFC 9113 answer: the GOAWAY or RST_STREAM code, or the eve
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import hpack
 import pytest
@@ -60,7 +61,8 @@ ENHANCE_YOUR_CALM = 0xB
 
 def connect(settings: dict[int, int] | None = None,
             config: ServerConfig | None = None) -> ServerConnection:
-    conn = ServerConnection(config)
+    # These are the native codec's own tests (the engine-neutral ones are in test_sansio.py).
+    conn = ServerConnection(replace(config or ServerConfig(), http2="native"))
     conn.receive_data(PREFACE + settings_frame(settings))
     conn.data_to_send()
     return conn
@@ -97,7 +99,8 @@ def kinds(events: list[Event]) -> list[type]:
 
 
 def test_server_preface_settings_and_window() -> None:
-    conn = ServerConnection(ServerConfig(max_concurrent_streams=7, initial_window_size=12345))
+    conn = ServerConnection(ServerConfig(max_concurrent_streams=7, initial_window_size=12345,
+                                         http2="native"))
     settings, window = parse_frames(conn.data_to_send())
     assert isinstance(settings, SettingsFrame) and isinstance(window, WindowUpdateFrame)
     assert settings.settings == {
@@ -111,7 +114,7 @@ def test_server_preface_settings_and_window() -> None:
 
 
 def test_preface_dripped_byte_by_byte_then_settings_acked() -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(ServerConfig(http2="native"))
     conn.data_to_send()
     for b in PREFACE + settings_frame():
         assert not conn.preface_received
@@ -122,7 +125,7 @@ def test_preface_dripped_byte_by_byte_then_settings_acked() -> None:
 
 
 def test_first_frame_must_be_settings() -> None:
-    conn = ServerConnection()
+    conn = ServerConnection(ServerConfig(http2="native"))
     goaway = goaway_of(conn, PREFACE + ping_frame())
     assert goaway.error_code == PROTOCOL_ERROR and b"preamble" in goaway.additional_data
 
@@ -457,11 +460,13 @@ def test_rst_stream_rules() -> None:
 def test_goaway_last_stream_id_never_increases() -> None:
     conn = connect()
     conn.receive_data(request_frames(1, "/test.Wire/Sleep"))
-    conn.start_drain()
-    conn.receive_data(request_frames(3))  # refused
+    conn.start_drain()  # GOAWAY(2^31-1) and a PING
+    conn.receive_data(request_frames(3))  # in flight: accepted
+    conn.receive_data(PingFrame(0, flags=["ACK"], opaque_data=b"drain\0\0\0").serialize())
+    conn.receive_data(request_frames(5))  # after the final GOAWAY: refused
     conn.close()
     goaways = [f for f in frames_out(conn) if isinstance(f, GoAwayFrame)]
-    assert [g.last_stream_id for g in goaways] == [1, 1]
+    assert [g.last_stream_id for g in goaways] == [2**31 - 1, 3, 3]
 
 
 def test_encode_headers_is_static_literal() -> None:

@@ -17,7 +17,7 @@ import h2.errors
 import pytest
 import trio
 import trio.testing
-from hyperframe.frame import Frame, GoAwayFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import Frame, GoAwayFrame, PingFrame, SettingsFrame, WindowUpdateFrame
 
 from wire import RpcError, Server, ServerCall, ServerConfig, StatusCode, unary_stream, unary_unary
 from wire.metadata import percent_decode
@@ -30,6 +30,7 @@ from .h2client import (
     open_h2_client,
     open_memory_client,
 )
+from .rawconn import GoAway, RawConn, open_raw, request_frames
 from .service import (
     BLOCK,
     BOOM,
@@ -270,20 +271,25 @@ async def test_missing_te_is_400(server: Server) -> None:
     assert_trailers_only(rec, StatusCode.INTERNAL, http="400")
 
 
-async def test_te_other_than_trailers_is_a_stream_protocol_error(server: Server) -> None:
+async def test_te_other_than_trailers_is_malformed(server: Server, http2: str) -> None:
     # RFC 9113 section 8.2.2: "te" with any value but "trailers" makes the request malformed,
     # and section 8.1.1: "Malformed requests or responses that are detected MUST be treated as
-    # a stream error (Section 5.4.2) of type PROTOCOL_ERROR": the stream is reset, the
-    # connection lives on.
+    # a stream error (Section 5.4.2) of type PROTOCOL_ERROR". The native engine resets the
+    # stream and the connection lives on; h2 ends the connection (the README's engine table).
     headers = [(k, b"gzip" if k == b"te" else v) for k, v in grpc_request_headers(ECHO)]
     async with open_memory_client(server.serve_stream) as client:
         sid = await client.request(ECHO, grpc_frame(b"x"), base=headers)
         rec = await client.wait(sid)
-        ok = await unary(client, ECHO)
+        ok = await unary(client, ECHO) if http2 == "native" else None
     assert rec.blocks == []
-    assert rec.reset_code == int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
-    assert not client.goaways or all(g.error_code == NO_ERROR for g in client.goaways)
-    assert_ok(ok, [b"ping"])
+    if http2 == "native":
+        assert rec.reset_code == int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        assert not client.goaways or all(g.error_code == NO_ERROR for g in client.goaways)
+        assert ok is not None
+        assert_ok(ok, [b"ping"])
+    else:
+        assert rec.reset_code is None and rec.connection_lost
+        assert [g.error_code for g in client.goaways] == [int(h2.errors.ErrorCodes.PROTOCOL_ERROR)]
 
 
 # ---------------------------------------------------------------------------------- gRPC errors
@@ -334,8 +340,9 @@ async def test_message_over_limit_is_resource_exhausted_connection_still_usable(
     assert service.requests == [b"after"]
 
 
-async def test_message_at_limit_accepted(service: WireService) -> None:
-    server = Server(service.handlers(), config=ServerConfig(max_receive_message_size=1000))
+async def test_message_at_limit_accepted(service: WireService, http2: str) -> None:
+    server = Server(service.handlers(),
+                    config=ServerConfig(http2=http2, max_receive_message_size=1000))
     async with open_memory_client(server.serve_stream) as client:
         ok = await unary(client, ECHO, b"y" * 1000)
         big = await unary(client, ECHO, b"y" * 1001)
@@ -368,8 +375,9 @@ async def test_gzip_request_accepted(server: Server, service: WireService,
         assert rec.payloads() == [payload]
 
 
-async def test_gzip_bomb_request_is_resource_exhausted(service: WireService) -> None:
-    server = Server(service.handlers(), config=ServerConfig(max_receive_message_size=1 << 16))
+async def test_gzip_bomb_request_is_resource_exhausted(service: WireService, http2: str) -> None:
+    server = Server(service.handlers(),
+                    config=ServerConfig(http2=http2, max_receive_message_size=1 << 16))
     bomb = gzip.compress(bytes(16 << 20))
     async with open_memory_client(server.serve_stream) as client:
         sid = await client.request(ECHO, grpc_frame(bomb, compressed=True),
@@ -429,7 +437,7 @@ async def test_zero_messages_end_stream_on_headers(server: Server) -> None:
     assert_trailers_only(rec, StatusCode.UNIMPLEMENTED)
 
 
-async def test_unparsable_request_is_internal() -> None:
+async def test_unparsable_request_is_internal(http2: str) -> None:
     called = False
 
     def parse(data: bytes) -> int:
@@ -440,7 +448,8 @@ async def test_unparsable_request_is_internal() -> None:
         called = True
         return b"%d" % (request + 1)
 
-    server = Server([unary_unary("/test.Parse/Inc", handler, parse, bytes)])
+    server = Server([unary_unary("/test.Parse/Inc", handler, parse, bytes)],
+                    config=ServerConfig(http2=http2))
     async with open_memory_client(server.serve_stream) as client:
         ok = await unary(client, "/test.Parse/Inc", b"41")
         assert called
@@ -514,9 +523,9 @@ async def test_no_rst_when_client_half_closed(server: Server) -> None:
 # ---------------------------------------------------------------------------------- limits
 
 
-async def test_101st_concurrent_stream_refused(service: WireService) -> None:
+async def test_101st_concurrent_stream_refused(service: WireService, http2: str) -> None:
     service.block_target = 100
-    server = Server(service.handlers())
+    server = Server(service.handlers(), config=ServerConfig(http2=http2))
     async with open_memory_client(server.serve_stream,
                                   ignore_max_concurrent_streams=True) as client:
         sids = [await client.request(BLOCK, grpc_frame(b"%d" % i)) for i in range(100)]
@@ -686,9 +695,14 @@ async def test_graceful_shutdown(server: Server, service: WireService) -> None:
             nursery.start_soon(shutdown)
             with trio.fail_after(BOUND):
                 await client.goaway_received.wait()
+                # RFC 9113 section 6.8: GOAWAY(2^31-1) first; the last stream is named once
+                # the client has answered the PING that follows it (h2 answers by itself).
+                while len(client.goaways) < 2:
+                    await client.another_goaway.wait()
             assert client.goaways[0].error_code == NO_ERROR
-            assert client.goaways[0].last_stream_id == sid
-            # A stream opened after the GOAWAY is refused (safe to retry elsewhere).
+            assert client.goaways[0].last_stream_id == 2**31 - 1
+            assert client.goaways[1].last_stream_id == sid
+            # A stream opened after the final GOAWAY is refused (safe to retry elsewhere).
             late = await client.request(ECHO, grpc_frame(b"late"))
             rec_late = await client.wait(late)
             assert rec_late.reset_code == REFUSED_STREAM
@@ -701,6 +715,44 @@ async def test_graceful_shutdown(server: Server, service: WireService) -> None:
     assert_ok(rec, [b"in flight"])
     assert b"late" not in service.requests
     assert all(g.error_code == NO_ERROR for g in client.goaways)
+
+
+async def test_graceful_drain_names_the_last_stream_after_the_ping_ack(
+        server: Server, service: WireService) -> None:
+    # RFC 9113 section 6.8, as grpc-go does it: GOAWAY(2^31-1) and a PING; a request the
+    # client sent before it saw that GOAWAY is served; after the PING's ACK a second GOAWAY
+    # names the last stream, and only streams above it are refused.
+    async with open_raw(server) as raw:
+        held = raw.new_sid()
+        await raw.send(request_frames(held, BLOCK, b"held"))
+        with trio.fail_after(BOUND):
+            await service.all_in.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.shutdown, BOUND)
+            await raw.wait_until(lambda: bool(raw.goaways) and bool(pings(raw)))
+            assert raw.goaways == [GoAway(NO_ERROR, 2**31 - 1, b"")]
+            [ping] = pings(raw)
+            in_flight = raw.new_sid()
+            await raw.send(request_frames(in_flight, ECHO, b"in flight"))
+            assert_ok(await raw.wait_closed(in_flight), [b"in flight"])
+            assert len(raw.goaways) == 1  # no final GOAWAY before the ACK
+            await raw.send(PingFrame(0, flags=["ACK"], opaque_data=ping.opaque_data).serialize())
+            await raw.wait_until(lambda: len(raw.goaways) == 2)
+            assert raw.goaways[1] == GoAway(NO_ERROR, in_flight, b"")
+            late = raw.new_sid()
+            await raw.send(request_frames(late, ECHO, b"late"))
+            assert (await raw.wait_closed(late)).reset_code == REFUSED_STREAM
+            service.release.set()
+            held_rec = await raw.wait_closed(held)
+            await raw.wait_eof()
+    assert_ok(held_rec, [b"held"])
+    assert b"late" not in service.requests
+    assert all(g.last_stream_id <= in_flight for g in raw.goaways[1:])
+
+
+def pings(raw: RawConn) -> list[PingFrame]:
+    """The PINGs (not ACKs) the server sent."""
+    return [f for f in raw.frames if isinstance(f, PingFrame) and "ACK" not in f.flags]
 
 
 async def test_shutdown_grace_expires_unavailable(server: Server, service: WireService,
@@ -770,7 +822,7 @@ async def test_concurrent_streams_share_connection_window(server: Server) -> Non
 # ---------------------------------------------------------------------------------- more handlers
 
 
-async def test_streaming_error_after_messages_uses_trailers() -> None:
+async def test_streaming_error_after_messages_uses_trailers(http2: str) -> None:
     async def handler(request: bytes, call: ServerCall,
                       send: Callable[[bytes], Awaitable[None]]) -> None:
         call.set_initial_metadata([("x-first", "1")])
@@ -778,7 +830,8 @@ async def test_streaming_error_after_messages_uses_trailers() -> None:
         await send(b"two")
         raise RpcError(StatusCode.NOT_FOUND, "gone", [("x-last", "2")])
 
-    server = Server([unary_stream("/test.S/Fail", handler, bytes, bytes)])
+    server = Server([unary_stream("/test.S/Fail", handler, bytes, bytes)],
+                    config=ServerConfig(http2=http2))
     async with open_memory_client(server.serve_stream) as client:
         rec = await unary(client, "/test.S/Fail")
     assert len(rec.blocks) == 2 and rec.ended
@@ -792,12 +845,14 @@ async def test_streaming_error_after_messages_uses_trailers() -> None:
 @pytest.mark.parametrize(
     ("accept", "compressed"), [(b"gzip", True), (b"identity", False), (None, False)]
 )
-async def test_set_compression_only_when_offered(accept: bytes | None, compressed: bool) -> None:
+async def test_set_compression_only_when_offered(accept: bytes | None, compressed: bool,
+                                                 http2: str) -> None:
     async def handler(request: bytes, call: ServerCall) -> bytes:
         call.set_compression("gzip")
         return request * 100
 
-    server = Server([unary_unary("/test.C/Zip", handler, bytes, bytes)])
+    server = Server([unary_unary("/test.C/Zip", handler, bytes, bytes)],
+                    config=ServerConfig(http2=http2))
     headers = [] if accept is None else [(b"grpc-accept-encoding", accept)]
     async with open_memory_client(server.serve_stream) as client:
         rec = await unary(client, "/test.C/Zip", b"abc", headers=headers)
