@@ -14,9 +14,10 @@ import argparse
 import dataclasses
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -27,6 +28,7 @@ from .errors import HealthError
 from .service import DEFAULT_LIST_LIMIT
 from .sidecar import SidecarProcess
 from .status import ServingStatus, parse_status
+from .transport import TRANSPORT_NAMES, TransportSettings, flag_help, parse_flag_value
 
 __all__ = ["main", "serve_main"]
 
@@ -64,6 +66,24 @@ def _nonneg_float(text: str) -> float:
     return value
 
 
+def _transport_arg(name: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return parse_flag_value(name, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+def _metavar(name: str) -> str:
+    default = getattr(TransportSettings(), name)
+    if isinstance(default, bool):
+        return "{true,false}"
+    return "N" if isinstance(default, int) else "SECONDS"
+
+
 def _serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m health serve",
@@ -94,6 +114,10 @@ def _serve_parser() -> argparse.ArgumentParser:
                    help="verify client certificates against this CA (mTLS)")
     p.add_argument("--require-client-cert", action="store_true", default=False,
                    help="refuse clients without a certificate signed by --tls-client-ca")
+    for name in TRANSPORT_NAMES:
+        p.add_argument("--" + name.replace("_", "-"), dest=name,
+                       type=_transport_arg(name), default=getattr(TransportSettings(), name),
+                       metavar=_metavar(name), help=flag_help(name))
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default %(default)s")
     return p
@@ -111,7 +135,8 @@ def _config_from_args(args: argparse.Namespace, base: SidecarConfig) -> SidecarC
     """The file's config with every flag applied (flags default to the file's values)."""
     return dataclasses.replace(
         base, **{name: getattr(args, name) for name in FLAG_SETTINGS},
-        tls=_tls_from_args(args), status_overrides=tuple(args.service))
+        tls=_tls_from_args(args), status_overrides=tuple(args.service),
+        transport=TransportSettings(**{name: getattr(args, name) for name in TRANSPORT_NAMES}))
 
 
 def _announce(line: str) -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from wire import ServerConfig, ServerOptions
 from wire.tls import server_context
 
 from .admin import AdminServer
@@ -59,6 +60,7 @@ __all__ = [
     "build_runner",
     "run_sidecar",
     "server_ssl_context",
+    "transport_settings",
 ]
 
 logger = logging.getLogger("health")
@@ -198,6 +200,19 @@ def _ignore(_line: str) -> None:
     """Drop an announcement (the default when nobody reads them)."""
 
 
+def transport_settings(config: SidecarConfig) -> tuple[ServerConfig, ServerOptions]:
+    """The ``wire`` server settings ``config.transport`` describes."""
+    t = config.transport
+    server_config = ServerConfig(keepalive_min_time=t.keepalive_min_time,
+                                 keepalive_permit_without_calls=t.keepalive_permit_without_calls)
+    options = ServerOptions(
+        keepalive_time=t.keepalive_time, keepalive_timeout=t.keepalive_timeout,
+        max_connection_idle=t.max_connection_idle, max_connection_age=t.max_connection_age,
+        max_connection_age_grace=t.max_connection_age_grace,
+        max_connections=t.max_connections, tcp_keepalive=t.tcp())
+    return server_config, options
+
+
 class SidecarProcess:
     """The ``serve`` process a config describes: server, checks, metrics, admin API, signals."""
 
@@ -207,7 +222,9 @@ class SidecarProcess:
         self.ssl_context = server_ssl_context(config.tls)
         self.state = HealthState(config.initial_statuses())
         self.state.add_listener(_log_change)
-        self.server = HealthServer(self.state, list_limit=config.list_limit)
+        server_config, server_options = transport_settings(config)
+        self.server = HealthServer(self.state, list_limit=config.list_limit,
+                                   config=server_config, options=server_options)
         self.sidecar = Sidecar(config, self.state, service=self.server.service)
         #: Set by the first signal or the admin API's shutdown: drain, then stop.
         self.stop = trio.Event()
