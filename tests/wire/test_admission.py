@@ -102,7 +102,7 @@ class _Conn:
 
 def test_eviction_takes_the_longest_idle_without_calls() -> None:
     conns = [_Conn("busy-oldest", 1, 0.0), _Conn("idle-new", 0, 50.0),
-             _Conn("idle-old", 0, 10.0), _Conn("busy", 3, 5.0)]
+             _Conn("idle-old", 0, 10.0), _Conn("busy", 3, 5.0), _Conn("idle-newest", 0, 60.0)]
     chosen = pick_eviction(conns)
     assert chosen is not None
     assert chosen.name == "idle-old"
