@@ -17,6 +17,12 @@ it writes, so a burst of pushes over many connections (a health status change fa
 thousands of Watch streams) reaches the first connections' sockets without waiting for the last
 connection's messages to be encoded.
 
+Liveness and lifetimes (``ServerOptions.keepalive_time`` and friends, grpc-go's
+``ServerParameters``) are a ``wire.keepalive.ServerKeepalive`` fed every read and every change
+between "some calls" and "no calls"; its next due time is one more bound on the socket read,
+so keepalive needs no task of its own. A PING left unanswered ends the calls and closes the
+connection without waiting for the goodbye to be written; idleness and age drain it gracefully.
+
 The driver does not own the stream (the server opens and closes it) nor decide which methods
 exist (it asks its ``Registry``, the server).
 """

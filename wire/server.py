@@ -8,8 +8,12 @@ The serve methods follow Trio's convention: ``port = (await nursery.start(server
 
 Each connection is run by a ``wire.driver.ConnectionDriver`` (read loop, dispatch, deadlines,
 the single writer); each call is a ``wire.calls.ServerCall`` or ``PushCall``. This module only
-accepts connections (refusing those over ``ServerOptions.max_connections``), completes TLS
-handshakes (ALPN ``h2`` required), keeps the set of live connections and shuts them down.
+accepts connections, completes TLS handshakes (ALPN ``h2`` required), keeps the set of live
+connections and shuts them down. Admission follows ``wire.admission``: TCP keepalive on every
+accepted socket, a cap of ``connection_cap`` (``max_connections`` lowered below the open-file
+limit, which is first raised to the hard limit), the longest-idle connection without calls
+evicted (GOAWAY) to admit a newcomer at the cap, a refusal only when every connection has calls,
+and a back-off on EMFILE.
 
 Graceful shutdown (``await server.shutdown(grace)``): run the shutdown hooks (the health service
 marks itself NOT_SERVING and ends its Watch streams there), stop accepting, send GOAWAY on every
