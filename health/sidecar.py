@@ -224,7 +224,8 @@ class SidecarProcess:
         self.state.add_listener(_log_change)
         server_config, server_options = transport_settings(config)
         self.server = HealthServer(self.state, list_limit=config.list_limit,
-                                   config=server_config, options=server_options)
+                                   reflection=config.reflection, config=server_config,
+                                   options=server_options)
         self.sidecar = Sidecar(config, self.state, service=self.server.service)
         #: Set by the first signal or the admin API's shutdown: drain, then stop.
         self.stop = trio.Event()
