@@ -5,6 +5,8 @@ TCP where sockets are."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import socket
 from collections.abc import Callable
 from dataclasses import replace
@@ -305,3 +307,57 @@ async def test_tcp_keepalive_is_set_on_accepted_sockets(
             await channel.unary_unary("/test.Wire/Echo", b"hi", timeout=5)
         nursery.cancel_scope.cancel()
     assert seen == [(1, 7)]
+
+
+class _ExhaustedListener(trio.abc.Listener[trio.abc.Stream]):
+    """accept() fails with EMFILE ``failures`` times, then hands out one in-memory stream."""
+
+    def __init__(self, failures: int, stream: trio.abc.Stream) -> None:
+        self.failures = failures
+        self.attempts: list[float] = []
+        self._stream: trio.abc.Stream | None = stream
+        self.handed_out = trio.Event()
+
+    async def accept(self) -> trio.abc.Stream:
+        await trio.lowlevel.checkpoint()
+        self.attempts.append(trio.current_time())
+        if len(self.attempts) <= self.failures:
+            raise OSError(errno.EMFILE, "Too many open files")
+        if self._stream is None:
+            await trio.sleep_forever()
+        stream, self._stream = self._stream, None
+        self.handed_out.set()
+        return stream
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_emfile_backs_off_frees_an_idle_connection_and_logs_rarely(
+        autojump_clock: trio.testing.MockClock, service: WireService, http2: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    srv = _server(service, http2, idle_timeout=10_000)
+    server_end, client_end = trio.testing.memory_stream_pair()
+    listener = _ExhaustedListener(40, server_end)
+    with caplog.at_level(logging.WARNING, logger="wire.server"):
+        async with open_raw(srv) as idle, trio.open_nursery() as nursery:
+            await nursery.start(srv.serve_listeners, [listener])
+            # The idle connection held a descriptor: freed (GOAWAY) on the first EMFILE.
+            await idle.wait_until(lambda: bool(idle.goaways), bound=100)
+            with trio.fail_after(100):
+                await listener.handed_out.wait()
+            fresh = RawConn(client_end)
+            nursery.start_soon(fresh.read_loop)
+            await fresh.handshake()
+            sid = fresh.new_sid()
+            await fresh.send(request_frames(sid, "/test.Wire/Echo", b"in at last"))
+            rec = await fresh.wait_closed(sid)
+            assert rec.payloads() == [b"in at last"]
+            nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in zip(listener.attempts, listener.attempts[1:41], strict=False)]
+    # 10 ms doubling to 1 s: 40 failures take about 34 s, not 40 x 0 s.
+    assert gaps[:4] == pytest.approx([0.01, 0.02, 0.04, 0.08])
+    assert max(gaps) == pytest.approx(1.0)
+    warnings = [r.getMessage() for r in caplog.records if "accept failed" in r.getMessage()]
+    assert 2 <= len(warnings) <= 5  # once per 10 s, with a count
+    assert "times since the last report" in warnings[1]
