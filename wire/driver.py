@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Protocol
 
 import trio
 
-from .calls import SHUTTING_DOWN, ConnectionInfo, Ending, PushCall, ServerCall
+from .calls import ConnectionInfo, Ending, PushCall, ServerCall
 from .connection import ServerConnection
 from .errors import ProtocolError
 from .events import (
@@ -158,6 +158,9 @@ class Registry(Protocol):
 
 
 _EventHandler = Callable[["ConnectionDriver", Any], None]
+
+#: How calls still open when the max_connection_age grace ends are told (UNAVAILABLE).
+MAX_AGE_GRACE_OVER = "max connection age reached, grace period over"
 
 # The opaque data of our keepalive PINGs (any 8 bytes do; these read well in a capture).
 _KEEPALIVE_PING = b"keepaliv"
@@ -517,7 +520,7 @@ class ConnectionDriver:
             elif action is KeepaliveAction.CLOSE_AGE_GRACE:
                 self._closing("max_connection_age, grace period over")
                 for call in list(self._calls.values()):
-                    call.shut_down()
+                    call.shut_down(MAX_AGE_GRACE_OVER)
             else:
                 # GOAWAY_IDLE or GOAWAY_AGE: a graceful drain, calls in flight finish.
                 what = ("max_connection_idle" if action is KeepaliveAction.GOAWAY_IDLE
@@ -717,7 +720,7 @@ class ConnectionDriver:
         elif trio.current_time() >= call.deadline:
             call.expire()
         else:
-            call.end(StatusCode.UNAVAILABLE, SHUTTING_DOWN, how=Ending.STATUS)
+            call.end(StatusCode.UNAVAILABLE, call.shutdown_message, how=Ending.STATUS)
 
 
 #: The kinds whose handler runs in a task of its own.

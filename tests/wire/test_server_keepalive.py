@@ -210,6 +210,7 @@ async def test_max_connection_age_goaway_then_calls_end_unavailable_after_grace(
     assert 90 <= aged <= 110
     assert 10 <= graced < 11
     assert rec.grpc_status == StatusCode.UNAVAILABLE
+    assert rec.grpc_message == "max connection age reached, grace period over"
     assert all(g.error_code == ErrorCode.NO_ERROR for g in raw.goaways)
 
 
