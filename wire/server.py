@@ -237,7 +237,9 @@ class Server:
                 self._listen_scopes.add(accept_scope)
                 try:
                     for listener in listeners:
-                        nursery.start_soon(self._accept_loop, listener, nursery)
+                        # The cap is computed (and logged) once, before the first accept.
+                        nursery.start_soon(self._accept_loop, listener, nursery,
+                                           self.connection_cap)
                     task_status.started(_address)
                     await trio.sleep_forever()
                 finally:
@@ -246,10 +248,9 @@ class Server:
                         with trio.CancelScope(shield=True):
                             await listener.aclose()
 
-    async def _accept_loop(self, listener: trio.abc.Listener[Any],
-                           nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: trio.abc.Listener[Any], nursery: trio.Nursery,
+                           cap: int) -> None:
         backoff = self._accept_backoff
-        cap = self.connection_cap
         while True:
             try:
                 stream = await listener.accept()

@@ -362,3 +362,18 @@ async def test_emfile_backs_off_frees_an_idle_connection_and_logs_rarely(
     warnings = [r.getMessage() for r in caplog.records if "accept failed" in r.getMessage()]
     assert 2 <= len(warnings) <= 5  # once per 10 s, with a count
     assert "times since the last report" in warnings[1]
+
+
+async def test_the_effective_cap_is_logged_at_start(
+        service: WireService, http2: str, caplog: pytest.LogCaptureFixture) -> None:
+    srv = _server(service, http2, max_connections=50_000_000)
+    with caplog.at_level(logging.INFO, logger="wire.server"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(srv.serve_tcp, "127.0.0.1", 0)
+            nursery.cancel_scope.cancel()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("connection cap")]
+    assert len(lines) == 1
+    # Lowered from the configured 50,000,000 to what the open-file limit allows.
+    assert srv.connection_cap < 50_000_000
+    assert lines[0].startswith(f"connection cap {srv.connection_cap} (max_connections 50000000, "
+                               "open-file limit ")
