@@ -20,11 +20,11 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import trio
 
@@ -42,6 +42,7 @@ from .logs import LOG_FORMATS, configure_logging
 from .service import DEFAULT_LIST_LIMIT
 from .sidecar import SidecarProcess, StartupError
 from .status import ServingStatus
+from .transport import TRANSPORT_NAMES, TransportSettings, flag_help, parse_flag_value
 
 __all__ = ["main", "serve_main"]
 
@@ -113,6 +114,24 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _transport_arg(name: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return parse_flag_value(name, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+def _metavar(name: str) -> str:
+    default = getattr(TransportSettings(), name)
+    if isinstance(default, bool):
+        return "{true,false}"
+    return "N" if isinstance(default, int) else "SECONDS"
+
+
 def _serve_parser(prog: str = f"{DEFAULT_PROG} serve") -> argparse.ArgumentParser:
     p = _Parser(
         prog=prog,
@@ -163,6 +182,10 @@ def _serve_parser(prog: str = f"{DEFAULT_PROG} serve") -> argparse.ArgumentParse
                    help="verify client certificates against this CA (mTLS)")
     p.add_argument("--require-client-cert", action="store_true", default=False,
                    help="refuse clients without a certificate signed by --tls-client-ca")
+    for name in TRANSPORT_NAMES:
+        p.add_argument("--" + name.replace("_", "-"), dest=name,
+                       type=_transport_arg(name), default=getattr(TransportSettings(), name),
+                       metavar=_metavar(name), help=flag_help(name))
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                    help="DEBUG, INFO, WARNING or ERROR, any case (default %(default)s)")
     p.add_argument("--log-format", default="text", choices=LOG_FORMATS,
@@ -183,8 +206,9 @@ def _config_from_args(args: argparse.Namespace, base: SidecarConfig) -> SidecarC
     values = {name: getattr(args, name) for name in FLAG_SETTINGS}
     if values["port"] is None:
         values["port"] = base.port
+    transport = TransportSettings(**{name: getattr(args, name) for name in TRANSPORT_NAMES})
     return dataclasses.replace(base, **values, tls=_tls_from_args(args),
-                               status_overrides=tuple(args.service))
+                               status_overrides=tuple(args.service), transport=transport)
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace,

@@ -30,6 +30,20 @@ Schema (every key optional unless marked required; unknown keys are errors, to c
     tls_key = "server.key"      #   cert and key go together
     tls_client_ca = "ca.pem"    #   CA for client certificates
     require_client_cert = false #   needs tls_client_ca
+    # Transport (see health.transport; the serve flags of the same names, "-" for "_"):
+    keepalive_time = 7200.0     # PING a connection silent this long (inf: never) ...
+    keepalive_timeout = 20.0    # ... and close it unless answered within this
+    keepalive_min_time = 10.0   # least interval accepted between a client's PINGs
+    keepalive_permit_without_calls = true  # accept client PINGs with no call open
+    max_connection_idle = inf   # GOAWAY after this long without calls (a Watch is a call)
+    max_connection_age = inf    # GOAWAY after this long (+-10 % jitter) ...
+    max_connection_age_grace = inf  # ... then this long for calls in flight
+    max_connections = 10000     # lowered below the open-file limit at start
+    tcp_keepalive = true        # SO_KEEPALIVE and TCP_USER_TIMEOUT on sockets:
+    tcp_keepalive_idle = 10.0   #   silence before the first probe (1 to 32767 s)
+    tcp_keepalive_interval = 5.0  # between probes (1 to 32767 s)
+    tcp_keepalive_count = 3     #   unanswered probes (1 to 127)
+    tcp_user_timeout = 20.0     #   unacknowledged data fails the socket (0: OS default)
 
     [check_defaults]            # defaults for every check (Kubernetes probe defaults)
     interval = 10.0             # seconds from the start of one run to the next
@@ -90,6 +104,7 @@ from .checks import (
 from .errors import HealthError, InvalidStatusError
 from .service import DEFAULT_LIST_LIMIT
 from .status import ServingStatus, parse_status
+from .transport import TRANSPORT_NAMES, TransportSettings, check_value
 
 if TYPE_CHECKING:
     from .status_map import HealthState
@@ -312,6 +327,9 @@ class SidecarConfig:
     services: tuple[ServiceConfig, ...] = ()
     #: Initial statuses that win over the file's (``serve --service NAME=STATUS``).
     status_overrides: tuple[tuple[str, ServingStatus], ...] = ()
+    #: Keepalive, lifetimes, the connection cap, TCP keepalive (``[server]`` keys and flags of
+    #: the same names).
+    transport: TransportSettings = field(default_factory=TransportSettings)
 
     @property
     def checks(self) -> tuple[CheckConfig, ...]:
@@ -325,7 +343,8 @@ class SidecarConfig:
                 "tls_cert": str(tls.cert) if tls else None,
                 "tls_key": str(tls.key) if tls and tls.key else None,
                 "tls_client_ca": str(tls.client_ca) if tls and tls.client_ca else None,
-                "require_client_cert": bool(tls and tls.require_client_cert)}
+                "require_client_cert": bool(tls and tls.require_client_cert),
+                **self.transport.values()}
 
     def pending_statuses(self) -> dict[str, ServingStatus]:
         """The statuses the file gives its services (for checked ones: until first results)."""
@@ -523,6 +542,7 @@ class _Loader:
         reflection = server.boolean("reflection", True)
         aggregate = server.boolean("aggregate", True)
         tls = self._tls(server)
+        transport = self._transport(server)
         server.finish()
         # admin_host and admin_token_file without admin_port are refused by ``serve`` once
         # its flags are applied (--admin-port may come from the command line).
@@ -555,7 +575,19 @@ class _Loader:
             admin_port=admin_port, admin_host=admin_host, admin_token_file=admin_token_file,
             grace=grace, shutdown_delay=shutdown_delay, list_limit=list_limit, metrics=metrics,
             http2=http2, reflection=reflection, aggregate=aggregate, tls=tls,
-            services=tuple(services))
+            services=tuple(services), transport=transport)
+
+    def _transport(self, server: _Table) -> TransportSettings:
+        values: dict[str, Any] = {}
+        for name in TRANSPORT_NAMES:
+            value = server.get(name)
+            if value is _MISSING:
+                continue
+            try:
+                values[name] = check_value(name, value)
+            except ValueError as exc:
+                raise server.error(name, str(exc)) from None
+        return TransportSettings(**values)
 
     def _tls(self, server: _Table) -> TlsConfig | None:
         cert = server.file("tls_cert")

@@ -10,8 +10,9 @@ single bit, *healthy*, plus the detail behind it (``HealthReport``):
 * the channel is closed -> not healthy, and watching stops;
 * any other end (an error, a clean end, the connection lost, a failed connect) -> not healthy,
   and the Watch is retried with gRPC connection backoff (``Backoff``: 1 s initial, x1.6, jitter
-  0.2, 120 s max). A call that received at least one message resets the backoff and is retried
-  at once, as grpc-go's health client does: the stream had been working.
+  0.2, 120 s max; the first delay is jittered too). A call that received at least one message
+  resets the backoff and is retried within ``jitter x initial`` (0 to 0.2 s), not in the same
+  millisecond as every other watcher of that backend: the stream had been working.
 
 Before the first message the backend counts as not healthy. The follower never queues reports:
 readers either get a callback (``on_change``) or wait for the next change and read the current
@@ -62,13 +63,22 @@ class BackoffDelays:
         """Start over: the next delay is the initial one."""
         self._current = None
 
+    def first_retry_delay(self) -> float:
+        """The wait before retrying a stream that had been working: up to ``jitter`` times
+        the initial backoff (0.2 s by default), instead of all watchers at once."""
+        p = self._params
+        return self._rng.uniform(0.0, p.jitter * p.initial)
+
     def next_delay(self) -> float:
         """The delay before the next attempt."""
         p = self._params
         if self._current is None:
-            # connection-backoff.md: the first retry waits INITIAL_BACKOFF, without jitter.
+            # connection-backoff.md has the first retry wait INITIAL_BACKOFF without jitter;
+            # we jitter it like the others, so that the watchers of a backend that went away
+            # together do not all retry in the same millisecond.
             self._current = p.initial
-            return p.initial
+            spread = p.jitter * p.initial
+            return max(0.0, p.initial + self._rng.uniform(-spread, spread))
         # "current_backoff = Min(current_backoff * MULTIPLIER, MAX_BACKOFF); current_deadline =
         #  now() + current_backoff + UniformRandom(-JITTER * current_backoff, JITTER * ...)"
         self._current = min(self._current * p.multiplier, p.maximum)
@@ -159,9 +169,11 @@ class BackendFollower:
                 self._set(HealthReport(healthy=False, detail="channel closed"))
                 return
             if received:
-                # The stream had been working: retry at once with a fresh backoff.
+                # The stream had been working: retry soon with a fresh backoff (grpc-go retries
+                # at once; a little jitter keeps every watcher of one backend from
+                # reconnecting in the same millisecond).
                 self._backoff.reset()
-                await trio.lowlevel.checkpoint()
+                await trio.sleep(self._backoff.first_retry_delay())
                 continue
             await trio.sleep_until(started_at + self._backoff.next_delay())
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from wire.connection import ServerConfig
+from wire import ServerConfig, ServerOptions
 from wire.tls import ServerTLS, TLSConfigError, server_context
 
 from .admin import AdminServer, AdminTokenError, format_address
@@ -70,6 +70,7 @@ __all__ = [
     "run_sidecar",
     "server_ssl_context",
     "server_tls",
+    "transport_settings",
 ]
 
 logger = logging.getLogger("health")
@@ -308,6 +309,19 @@ async def _start_listening(nursery: trio.Nursery, serve: Callable[..., Awaitable
         raise StartupError(problem(os_error)) from None
 
 
+def transport_settings(config: SidecarConfig) -> tuple[ServerConfig, ServerOptions]:
+    """The ``wire`` server settings ``config.transport`` describes."""
+    t = config.transport
+    server_config = ServerConfig(http2=config.http2, keepalive_min_time=t.keepalive_min_time,
+                                 keepalive_permit_without_calls=t.keepalive_permit_without_calls)
+    options = ServerOptions(
+        keepalive_time=t.keepalive_time, keepalive_timeout=t.keepalive_timeout,
+        max_connection_idle=t.max_connection_idle, max_connection_age=t.max_connection_age,
+        max_connection_age_grace=t.max_connection_age_grace,
+        max_connections=t.max_connections, tcp_keepalive=t.tcp())
+    return server_config, options
+
+
 class SidecarProcess:
     """The ``serve`` process a config describes: server, checks, metrics, admin API, signals."""
 
@@ -320,9 +334,10 @@ class SidecarProcess:
         self.ssl_context = self.tls.context if self.tls is not None else None
         self.state = HealthState(config.initial_statuses())
         self.state.add_listener(_log_change)
+        server_config, server_options = transport_settings(config)
         self.server = HealthServer(self.state, list_limit=config.list_limit,
-                                   config=ServerConfig(http2=config.http2),
-                                   reflection=config.reflection)
+                                   reflection=config.reflection, config=server_config,
+                                   options=server_options)
         self.sidecar = Sidecar(config, self.state, service=self.server.service)
         #: Set by the first signal or the admin API's shutdown: drain, then stop.
         self.stop = trio.Event()

@@ -137,6 +137,7 @@ class ServerCall:
         "deadline",
         "metadata",
         "method",
+        "shutdown_message",
         "started",
         "stream_id",
     )
@@ -159,6 +160,8 @@ class ServerCall:
         # calls that run in a task of their own have one.
         self._ready: trio.Event | None = None
         self._scope: trio.CancelScope | None = None
+        #: The UNAVAILABLE message ``shut_down`` ends the call with.
+        self.shutdown_message = SHUTTING_DOWN
         self._initial_metadata: MetadataLike = ()
         self._trailing_metadata: MetadataLike = ()
         self._send_wakeup: trio.Event | None = None
@@ -259,13 +262,14 @@ class ServerCall:
         """End the call because its deadline has passed."""
         self.end(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", how=Ending.DEADLINE)
 
-    def shut_down(self) -> None:
-        """The server's grace period is over: end the call with UNAVAILABLE."""
+    def shut_down(self, message: str = SHUTTING_DOWN) -> None:
+        """The server's grace period is over: end the call with UNAVAILABLE (``message``)."""
+        self.shutdown_message = message
         if self._scope is not None:
             # Its task answers once the cancellation reaches it.
             self._scope.cancel()
         else:
-            self.end(StatusCode.UNAVAILABLE, SHUTTING_DOWN, how=Ending.STATUS)
+            self.end(StatusCode.UNAVAILABLE, message, how=Ending.STATUS)
 
     # ------------------------------------------------------------------ the driver's side
 
@@ -422,9 +426,9 @@ class PushCall(ServerCall):
             self.flush_outbox()
         return super().end(code, message, details=details, how=how)
 
-    def shut_down(self) -> None:
+    def shut_down(self, message: str = SHUTTING_DOWN) -> None:
         """The server's grace period is over: finish with UNAVAILABLE after the queued messages."""
-        self.finish(StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        self.finish(StatusCode.UNAVAILABLE, message)
 
     def pending_output(self) -> int:
         """Response bytes waiting for window, the messages not yet handed over included."""

@@ -66,8 +66,9 @@ from .events import (
     ResponseMessageReceived,
 )
 from .framing import DEFAULT_MAX_MESSAGE_SIZE
-from .keepalive import TOO_MANY_PINGS, TcpKeepalive, apply_tcp_keepalive
+from .keepalive import ClientKeepalive, ClientParameters, KeepaliveAction, is_too_many_pings
 from .metadata import Metadata, MetadataLike
+from .sockopts import TcpKeepalive, apply_tcp_keepalive
 from .status import ErrorCode, StatusCode
 from .transport import Transport
 
@@ -265,10 +266,10 @@ class _Connection:
         # Tells the channel this connection takes no new calls (GOAWAY) or is over.
         self._forget = forget
         self._keepalive_interval = keepalive
-        # Reads so far and when the last one happened: what keepalive judges liveness by.
-        self._reads = 0
-        self._last_read = trio.current_time()
-        self._call_started = trio.Event()
+        # PING keepalive's state machine (wire.keepalive), once it runs; fed every read and
+        # every change in the number of calls, woken by the latter.
+        self._keepalive_state: ClientKeepalive | None = None
+        self._keepalive_wake = trio.Event()
         # Set (and replaced) after each read and whenever a call ends: streaming senders
         # waiting for the server's window look again then.
         self._progress = trio.Event()
@@ -401,43 +402,47 @@ class _Connection:
                                target=where) from None
 
     async def _keepalive(self) -> None:
-        """grpc-go's client keepalive: PING after ``keepalive_time`` of silence, then judge."""
-        config = self.channel.config
-        conn = self.conn
-        while not conn.closed:
-            interval = self._keepalive_interval.seconds
-            if interval is None:
-                return
-            due = self._last_read + interval
-            if trio.current_time() < due:
-                await trio.sleep_until(due)
-                continue
-            if not self.calls and not config.keepalive_without_calls:
-                # Dormant until a call starts; then a whole interval from now.
-                self._call_started = trio.Event()
-                await self._call_started.wait()
-                self._last_read = max(self._last_read, trio.current_time())
-                continue
-            if not await self._ping_answered(min(interval, config.keepalive_timeout)):
-                # Not even the PING ACK came back: the peer or the path is gone.
-                self._lost(f"connection lost: keepalive PING not answered within "
-                           f"{config.keepalive_timeout:g} s")
-                return
+        """grpc-go's client keepalive (``wire.keepalive.ClientKeepalive``) on this connection.
 
-    async def _ping_answered(self, step: float) -> bool:
-        """PING, then look for any read every ``step`` s until keepalive_timeout runs out."""
-        # grpc-go's loop: any frame counts as an answer, and once one came the next PING is
-        # due keepalive_time after it (not keepalive_timeout after the PING).
-        reads = self._reads
-        self.conn.ping(b"keepaliv")
-        self._wake()
-        left = self.channel.config.keepalive_timeout
-        while left > 0 and not self.conn.closed:
-            await trio.sleep(min(step, left))
-            left -= step
-            if self._reads != reads:
-                return True
-        return self.conn.closed
+        The interval is the channel's when the connection starts: a ``too_many_pings`` GOAWAY
+        doubles it for the connections after this one, as grpc-go applies it.
+        """
+        interval = self._keepalive_interval.seconds
+        if interval is None:
+            return
+        config = self.channel.config
+        now = trio.current_time()
+        machine = self._keepalive_state = ClientKeepalive(
+            ClientParameters(time=interval, timeout=config.keepalive_timeout,
+                             permit_without_stream=config.keepalive_without_calls), now)
+        machine.streams_changed(len(self.calls), now)
+        while not self.conn.closed:
+            wake = self._keepalive_wake = trio.Event()
+            due = machine.next_due()
+            if due != math.inf:
+                # Reads do not wake this task: look again at least every interval, so an
+                # answered PING is followed by the next one keepalive_time after the answer
+                # (grpc-go sleeps min(Time, timeout left) the same way).
+                due = min(due, trio.current_time() + interval)
+            with trio.move_on_at(due):
+                await wake.wait()
+            if self.conn.closed:
+                return  # closed while this task slept (the channel is closing)
+            for action in machine.poll(trio.current_time()):
+                if action is KeepaliveAction.PING:
+                    self.conn.ping(b"keepaliv")
+                    self._wake()
+                else:
+                    # Not even the PING ACK came back: the peer or the path is gone.
+                    self._lost(f"connection lost: keepalive PING not answered within "
+                               f"{config.keepalive_timeout:g} s")
+                    return
+
+    def _calls_changed(self) -> None:
+        machine = self._keepalive_state
+        if machine is not None:
+            machine.streams_changed(len(self.calls), trio.current_time())
+            self._keepalive_wake.set()
 
     def _lost(self, reason: str) -> None:
         """Declare the connection dead now: its calls fail and no new call may use it."""
@@ -472,8 +477,8 @@ class _Connection:
             if not data:
                 self.lost_reason = "connection lost: the server closed the connection"
                 return
-            self._reads += 1
-            self._last_read = trio.current_time()
+            if self._keepalive_state is not None:
+                self._keepalive_state.data_received(trio.current_time())
             try:
                 events = conn.receive_data(bytes(data))
             except ServerProtocolError as exc:
@@ -510,8 +515,7 @@ class _Connection:
         elif isinstance(ev, ConnectionTerminated):
             # New calls go to a new connection; the calls the server kept run on here.
             self._forget(self)
-            if (ev.error_code == ErrorCode.ENHANCE_YOUR_CALM
-                    and ev.additional_data == TOO_MANY_PINGS):
+            if is_too_many_pings(ev.error_code, ev.additional_data or b""):
                 self._keepalive_interval.back_off()
         elif isinstance(ev, ConnectionReady):
             pass
@@ -521,6 +525,7 @@ class _Connection:
         if call is not None:
             call.ended = ev
             call.notify()
+            self._calls_changed()
         self._slot_freed()
         self._made_progress()
 
@@ -552,7 +557,7 @@ class _Connection:
                                    encoding=compression)
         call = _Call(self, sid)
         self.calls[sid] = call
-        self._call_started.set()
+        self._calls_changed()
         self.conn.send_message(sid, request, end=True)
         self._wake()
         return call
@@ -564,7 +569,7 @@ class _Connection:
                                    encoding=compression)
         call = _Call(self, sid)
         self.calls[sid] = call
-        self._call_started.set()
+        self._calls_changed()
         self._wake()
         return call
 
@@ -612,6 +617,7 @@ class _Connection:
         if call.ended is None:
             self.conn.cancel(call.stream_id)
             self.calls.pop(call.stream_id, None)
+            self._calls_changed()
             call.ended = CallEnded(call.stream_id, StatusCode.CANCELLED, "call cancelled",
                                    Metadata())
             call.notify()

@@ -94,8 +94,8 @@ from .grpc_headers import (
     split_metadata,
     status_from_trailers,
 )
-from .keepalive import TcpKeepalive
 from .metadata import Metadata, MetadataLike, to_headers
+from .sockopts import TcpKeepalive
 from .status import ErrorCode, StatusCode, status_from_rst_stream
 from .timeout import format_timeout
 

@@ -58,6 +58,7 @@ from .events import (
 )
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, MessageDecoder, encode_message
 from .http2 import MAX_STREAM_ID, EngineLimits, EngineName, HeaderList, open_engine
+from .keepalive import MAX_PING_STRIKES, TOO_MANY_PINGS, EnforcementPolicy, PingEnforcer
 from .metadata import MetadataLike, encode_bin, from_headers, percent_encode, to_headers
 from .status import ErrorCode, StatusCode
 from .timeout import parse_timeout
@@ -109,11 +110,15 @@ class ServerConfig:
     #: DATA frames that carry nothing and do not end the stream.
     max_empty_data_frames: int = 1000
     abuse_window: float = 10.0
-    #: gRPC's keepalive enforcement: a PING sooner than this after the previous one is a
-    #: "strike" (unless we sent HEADERS or DATA in between); more than ``max_ping_strikes``
-    #: strikes -> GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings").
-    min_ping_interval: float = 10.0
-    max_ping_strikes: int = 2
+    #: Keepalive enforcement (grpc-go's ``EnforcementPolicy.MinTime``, see wire.keepalive): a
+    #: PING sooner than this after the previous one is a "strike" (unless we sent HEADERS or
+    #: DATA in between); more than ``max_ping_strikes`` strikes -> GOAWAY(ENHANCE_YOUR_CALM,
+    #: "too_many_pings"). More lenient than grpc-go's 5 minutes.
+    keepalive_min_time: float = 10.0
+    #: ``EnforcementPolicy.PermitWithoutStream``: PINGs with no call open are judged by
+    #: ``keepalive_min_time`` too; if False each one within 2 h of the previous is a strike.
+    keepalive_permit_without_calls: bool = True
+    max_ping_strikes: int = MAX_PING_STRIKES
     #: Time source for the windows above (seconds, monotonic).
     clock: Callable[[], float] = time.monotonic
     #: The HTTP/2 engine: "h2" (the h2 library, the default) or "native" (our own codec,
@@ -124,6 +129,13 @@ class ServerConfig:
         if self.http2 not in get_args(EngineName):
             raise ValueError(f"ServerConfig.http2 must be one of {list(get_args(EngineName))}, "
                              f"got {self.http2!r}")
+        self.ping_policy()  # refuses a bad keepalive_min_time or max_ping_strikes
+
+    def ping_policy(self) -> EnforcementPolicy:
+        """The keepalive enforcement policy these settings describe."""
+        return EnforcementPolicy(min_time=self.keepalive_min_time,
+                                 permit_without_stream=self.keepalive_permit_without_calls,
+                                 max_ping_strikes=self.max_ping_strikes)
 
     def engine_limits(self) -> EngineLimits:
         """The HTTP/2 settings and limits the engine is made with."""
@@ -267,8 +279,7 @@ class ServerConnection:
         self._resets = _Rate(config.max_client_resets, config.abuse_window, clock)
         self._settings = _Rate(config.max_settings_frames, config.abuse_window, clock)
         self._empty_data = _Rate(config.max_empty_data_frames, config.abuse_window, clock)
-        self._last_ping: float | None = None
-        self._ping_strikes = 0
+        self._pings = PingEnforcer(config.ping_policy())
         self._preface_received = False
         # Which methods' calls keep their messages' flow-control credit (see hold_credit_for).
         self._holds_credit: Callable[[str], bool] | None = None
@@ -395,14 +406,10 @@ class ServerConnection:
             self._flush_all()
 
     def _h2_ping(self) -> None:
-        now = self.config.clock()
-        last, self._last_ping = self._last_ping, now
-        if last is not None and now - last < self.config.min_ping_interval:
-            self._ping_strikes += 1
-            if self._ping_strikes > self.config.max_ping_strikes:
-                # The debug data grpc-go sends, which gRPC clients recognize to back off.
-                self.close(_ENHANCE_YOUR_CALM, "too_many_pings")
-                raise RemoteProtocolError("too many pings", _ENHANCE_YOUR_CALM)
+        if self._pings.ping_received(self.config.clock(), len(self._calls)):
+            # The debug data grpc-go sends, which gRPC clients recognize to back off.
+            self.close(_ENHANCE_YOUR_CALM, TOO_MANY_PINGS.decode())
+            raise RemoteProtocolError("too many pings", _ENHANCE_YOUR_CALM)
 
     def _h2_ping_ack(self, opaque: bytes) -> None:
         if opaque == _DRAIN_PING and self._draining and self._drain_last_stream_id is None:
@@ -628,7 +635,7 @@ class ServerConnection:
             headers.extend(to_headers(metadata))
         self._engine.send_headers(stream_id, headers)
         call.headers_sent = True
-        self._ping_strikes = 0
+        self._pings.data_sent()
 
     def set_send_encoding(self, stream_id: int, encoding: str | None) -> None:
         """Choose the response encoding before headers go out; the client must accept it."""
@@ -653,7 +660,7 @@ class ServerConnection:
         else:
             data = encode_message(payload)
         call.pending += data
-        self._ping_strikes = 0
+        self._pings.data_sent()
         self._flush(stream_id)
         return True
 

@@ -19,6 +19,12 @@ it writes, so a burst of pushes over many connections (a health status change fa
 thousands of Watch streams) reaches the first connections' sockets without waiting for the last
 connection's messages to be encoded.
 
+Liveness and lifetimes (``ServerOptions.keepalive_time`` and friends, grpc-go's
+``ServerParameters``) are a ``wire.keepalive.ServerKeepalive`` fed every read and every change
+between "some calls" and "no calls"; its next due time is one more bound on the socket read,
+so keepalive needs no task of its own. A PING left unanswered ends the calls and closes the
+connection without waiting for the goodbye to be written; idleness and age drain it gracefully.
+
 The driver does not own the stream (the server opens and closes it) nor decide which methods
 exist (it asks its ``Registry``, the server).
 """
@@ -30,12 +36,12 @@ import inspect
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import trio
 
-from .calls import SHUTTING_DOWN, ConnectionInfo, Ending, PushCall, ServerCall
+from .calls import ConnectionInfo, Ending, PushCall, ServerCall
 from .connection import ServerConnection
 from .errors import ProtocolError
 from .events import (
@@ -48,7 +54,9 @@ from .events import (
     StreamReset,
 )
 from .handlers import MethodHandler, MethodKind
+from .keepalive import KeepaliveAction, ServerKeepalive, ServerParameters
 from .request_stream import StreamingCall
+from .sockopts import TcpKeepalive
 from .status import ErrorCode, StatusCode
 from .transport import Transport
 
@@ -80,6 +88,37 @@ class ServerOptions:
     #: floods us with frames needing replies (PING, SETTINGS) but does not read them gets its
     #: own input throttled instead of growing our output buffer.
     max_write_backlog: int = 1024 * 1024
+
+    # Liveness and lifetimes, grpc-go's keepalive.ServerParameters (see wire.keepalive).
+    #: A connection that sent nothing for this many seconds is PINGed ...
+    keepalive_time: float = 2 * 3600.0
+    #: ... and closed, its calls ended, if nothing at all comes back within this many.
+    keepalive_timeout: float = 20.0
+    #: GOAWAY after this many seconds with no call open (a Watch stream is a call: a
+    #: connection holding one is never idle, as in grpc-go).
+    max_connection_idle: float = math.inf
+    #: GOAWAY after this many seconds, +-10 % jitter, whatever the connection does ...
+    max_connection_age: float = math.inf
+    #: ... then this many seconds for calls in flight before they end UNAVAILABLE and the
+    #: connection closes.
+    max_connection_age_grace: float = math.inf
+    #: TCP keepalive and TCP_USER_TIMEOUT on accepted TCP sockets (``TcpKeepalive.off()``:
+    #: leave them as the OS makes them).
+    tcp_keepalive: TcpKeepalive = field(default_factory=TcpKeepalive)
+    #: At start, raise the soft RLIMIT_NOFILE to the hard limit (``max_connections`` is then
+    #: lowered to what the descriptor limit allows, see wire.admission).
+    raise_nofile_limit: bool = True
+
+    def __post_init__(self) -> None:
+        self.keepalive_parameters()  # refuses bad keepalive and lifetime values
+
+    def keepalive_parameters(self) -> ServerParameters:
+        """The keepalive and lifetime settings as grpc-go's ``ServerParameters``."""
+        return ServerParameters(
+            max_connection_idle=self.max_connection_idle,
+            max_connection_age=self.max_connection_age,
+            max_connection_age_grace=self.max_connection_age_grace,
+            time=self.keepalive_time, timeout=self.keepalive_timeout)
 
 
 @dataclass(frozen=True)
@@ -119,6 +158,12 @@ class Registry(Protocol):
 
 
 _EventHandler = Callable[["ConnectionDriver", Any], None]
+
+#: How calls still open when the max_connection_age grace ends are told (UNAVAILABLE).
+MAX_AGE_GRACE_OVER = "max connection age reached, grace period over"
+
+# The opaque data of our keepalive PINGs (any 8 bytes do; these read well in a capture).
+_KEEPALIVE_PING = b"keepaliv"
 
 
 class ConnectionDriver:
@@ -163,6 +208,13 @@ class ConnectionDriver:
         self._nursery: trio.Nursery | None = None
         # Why the connection ends, for the log; the first reason found wins.
         self._close_reason: str | None = None
+        now = trio.current_time()
+        self._keepalive = ServerKeepalive(options.keepalive_parameters(), now)
+        # When the connection last read something or ended a call (eviction picks the
+        # connection idle the longest).
+        self._last_active = now
+        # True once keepalive found the peer gone: nothing more is written to it.
+        self._dead = False
         # Streaming calls keep their messages' receive window shut until the handler pulls.
         conn.hold_credit_for(self._pulls_requests)
 
@@ -202,6 +254,21 @@ class ConnectionDriver:
         """Response bytes a stream may queue beyond the peer's window."""
         return self._options.stream_high_water
 
+    @property
+    def open_calls(self) -> int:
+        """Calls in flight."""
+        return len(self._calls)
+
+    @property
+    def closing(self) -> bool:
+        """True once GOAWAY announced the end (a drain, an eviction, the client's GOAWAY)."""
+        return self._conn.draining or self._peer_gone_away or self._conn.closed
+
+    @property
+    def idle_since(self) -> float:
+        """When the connection last read a byte or ended a call (Trio time)."""
+        return self._last_active
+
     def stats(self) -> ConnectionStats:
         """A snapshot of this connection's bookkeeping."""
         conn = self._conn
@@ -234,7 +301,10 @@ class ConnectionDriver:
                 # Reading is over (EOF, GOAWAY, drain): let calls in flight end, say goodbye.
                 await self._all_done.wait()
                 conn.close()
-                await transport.flushed()
+                if not self._dead:
+                    # A peer keepalive found gone would only hold the goodbye until the
+                    # write timeout.
+                    await transport.flushed()
                 nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
@@ -318,12 +388,16 @@ class ConnectionDriver:
             return
         self._deadlines.clear()
         self._all_done.set()
+        now = self._last_active = trio.current_time()
+        self._keepalive.streams_changed(0, now)
         if self._conn.draining or self._peer_gone_away:
             self._stop_reading()
         elif self._receive_scope is not None and self._conn.preface_received:
-            # Not min(): the read may be waiting for the deadline of a call that has just
-            # ended, and an idle connection's timer is the idle timeout.
-            self._receive_scope.deadline = trio.current_time() + self._options.idle_timeout
+            # Not min() with the old one: the read may be waiting for the deadline of a call
+            # that has just ended, and an idle connection's timers are the idle timeout and
+            # keepalive's.
+            self._receive_scope.deadline = min(now + self._options.idle_timeout,
+                                               self._keepalive.next_due())
 
     def _log_call(self, call: ServerCall, code: StatusCode, how: Ending, message: str) -> None:
         # Registered methods are logged by their path; an unknown one quoted and cut short.
@@ -399,17 +473,23 @@ class ConnectionDriver:
         opts = self._options
         transport = self._transport
         preface_deadline = trio.current_time() + opts.preface_timeout
+        keepalive = self._keepalive
         while self._reading:
             preface = not conn.preface_received
-            data = await self._receive(self._read_deadline(preface_deadline))
+            due = keepalive.next_due()
+            data = await self._receive(min(self._read_deadline(preface_deadline), due))
             if not self._reading:
                 return
             if data is None:
-                if preface or not self._calls:
+                if trio.current_time() >= due:
+                    if not self._keepalive_due():
+                        return
+                elif preface or not self._calls:
                     self._timed_out(preface)
                     return
-                # Not idle: the deadline of a task-less call has come.
-                self._expire_due()
+                else:
+                    # Not idle: the deadline of a task-less call has come.
+                    self._expire_due()
                 transport.wake()
             elif not data:
                 # EOF: the client can send nothing more; calls in flight are cancelled.
@@ -424,6 +504,29 @@ class ConnectionDriver:
                 return
             if data and transport.backlog + conn.buffered_output() > opts.max_write_backlog:
                 await transport.flushed()
+
+    def _keepalive_due(self) -> bool:
+        """Carry out what keepalive asks now; False once that ended the connection."""
+        for action in self._keepalive.poll(trio.current_time()):
+            if action is KeepaliveAction.PING:
+                self._conn.ping(_KEEPALIVE_PING)
+            elif action is KeepaliveAction.CLOSE_DEAD:
+                reason = (f"keepalive PING not acknowledged within "
+                          f"{self._options.keepalive_timeout:g} s")
+                logger.info("%s: closing: %s", self._info.peer, reason)
+                self._dead = True
+                self._lose_calls(reason)
+                return False
+            elif action is KeepaliveAction.CLOSE_AGE_GRACE:
+                self._closing("max_connection_age, grace period over")
+                for call in list(self._calls.values()):
+                    call.shut_down(MAX_AGE_GRACE_OVER)
+            else:
+                # GOAWAY_IDLE or GOAWAY_AGE: a graceful drain, calls in flight finish.
+                what = ("max_connection_idle" if action is KeepaliveAction.GOAWAY_IDLE
+                        else "max_connection_age")
+                self.start_drain(what)
+        return True
 
     def _timed_out(self, preface: bool) -> None:
         if preface:
@@ -441,6 +544,8 @@ class ConnectionDriver:
 
     def _feed(self, data: bytes) -> bool:
         """Hand one read to the connection and act on its events; False if that ended it."""
+        now = self._last_active = trio.current_time()
+        self._keepalive.data_received(now)
         try:
             events = self._conn.receive_data(data)
         except ProtocolError as exc:
@@ -486,6 +591,7 @@ class ConnectionDriver:
         self._calls[ev.stream_id] = call
         if self._all_done.is_set():
             self._all_done = trio.Event()
+            self._keepalive.streams_changed(1, self._last_active)
         if handler is None:
             call.end(StatusCode.UNIMPLEMENTED, self._unimplemented(ev.method), how=Ending.STATUS)
             return
@@ -614,7 +720,7 @@ class ConnectionDriver:
         elif trio.current_time() >= call.deadline:
             call.expire()
         else:
-            call.end(StatusCode.UNAVAILABLE, SHUTTING_DOWN, how=Ending.STATUS)
+            call.end(StatusCode.UNAVAILABLE, call.shutdown_message, how=Ending.STATUS)
 
 
 #: The kinds whose handler runs in a task of its own.

@@ -8,8 +8,12 @@ The serve methods follow Trio's convention: ``port = (await nursery.start(server
 
 Each connection is run by a ``wire.driver.ConnectionDriver`` (read loop, dispatch, deadlines,
 the single writer); each call is a ``wire.calls.ServerCall`` or ``PushCall``. This module only
-accepts connections (refusing those over ``ServerOptions.max_connections``), completes TLS
-handshakes (ALPN ``h2`` required), keeps the set of live connections and shuts them down.
+accepts connections, completes TLS handshakes (ALPN ``h2`` required), keeps the set of live
+connections and shuts them down. Admission follows ``wire.admission``: TCP keepalive on every
+accepted socket, a cap of ``connection_cap`` (``max_connections`` lowered below the open-file
+limit, which is first raised to the hard limit), the longest-idle connection without calls
+evicted (GOAWAY) to admit a newcomer at the cap, a refusal only when every connection has calls,
+and a back-off on EMFILE.
 
 Graceful shutdown (``await server.shutdown(grace)``): run the shutdown hooks (the health service
 marks itself NOT_SERVING and ends its Watch streams there), stop accepting, send GOAWAY on every
@@ -34,11 +38,19 @@ from typing import Any
 
 import trio
 
+from .admission import (
+    RESOURCE_ERRNOS,
+    AcceptBackoff,
+    effective_max_connections,
+    pick_eviction,
+    raise_nofile_limit,
+)
 from .calls import ConnectionInfo, PushCall, ServerCall
 from .connection import ServerConfig, ServerConnection
 from .driver import ConnectionDriver, ConnectionStats, ServerOptions
 from .handlers import MethodHandler
 from .http2 import EngineName
+from .sockopts import apply_tcp_keepalive
 from .status import ErrorCode
 from .tls import negotiated_h2, peer_certificate
 
@@ -77,6 +89,10 @@ class Server:
         self._shutting_down = False
         self._no_connections = trio.Event()
         self._no_connections.set()
+        # Accepted streams being served (TLS handshakes included): what the cap counts.
+        self._admitted = 0
+        self._cap: int | None = None
+        self._accept_backoff = AcceptBackoff(logger, trio.current_time)
 
     # ------------------------------------------------------------------ registration
 
@@ -136,6 +152,21 @@ class Server:
                 driver.start_drain("drained by the application")
                 return True
         return False
+
+    @property
+    def connection_cap(self) -> int:
+        """Connections accepted at most: ``max_connections``, lowered below the open-file
+        limit (raised to the hard limit first, unless ``raise_nofile_limit`` is off)."""
+        if self._cap is None:
+            configured = self.options.max_connections
+            limit = raise_nofile_limit() if self.options.raise_nofile_limit else None
+            nofile = limit.soft if limit is not None else _soft_nofile()
+            self._cap = effective_max_connections(configured, nofile)
+            raised = (f", raised from {limit.before}" if limit is not None and limit.raised
+                      else "")
+            logger.info("connection cap %d (max_connections %d, open-file limit %s%s)",
+                        self._cap, configured, nofile if nofile is not None else "none", raised)
+        return self._cap
 
     async def wait_no_connections(self) -> None:
         """Return once no connection is being served (at once if none is)."""
@@ -206,7 +237,9 @@ class Server:
                 self._listen_scopes.add(accept_scope)
                 try:
                     for listener in listeners:
-                        nursery.start_soon(self._accept_loop, listener, nursery)
+                        # The cap is computed (and logged) once, before the first accept.
+                        nursery.start_soon(self._accept_loop, listener, nursery,
+                                           self.connection_cap)
                     task_status.started(_address)
                     await trio.sleep_forever()
                 finally:
@@ -215,22 +248,52 @@ class Server:
                         with trio.CancelScope(shield=True):
                             await listener.aclose()
 
-    async def _accept_loop(self, listener: trio.abc.Listener[Any],
-                           nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: trio.abc.Listener[Any], nursery: trio.Nursery,
+                           cap: int) -> None:
+        backoff = self._accept_backoff
         while True:
             try:
                 stream = await listener.accept()
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 return
             except OSError as exc:
-                # EMFILE and friends: back off instead of spinning, keep serving the others.
-                logger.warning("accept failed: %s", exc)
-                await trio.sleep(0.1)
+                # EMFILE and friends: free a descriptor if an idle connection holds one, back
+                # off instead of spinning, keep serving the others; logged once per 10 s.
+                if exc.errno in RESOURCE_ERRNOS:
+                    self._evict_one()
+                await trio.sleep(backoff.failed(exc))
                 continue
-            if len(self._connections) >= self.options.max_connections:
+            backoff.succeeded()
+            self._set_tcp_keepalive(stream)
+            # At the cap, an idle connection makes room (nginx reuses idle keep-alive
+            # connections the same way); only when every connection has calls is the new
+            # one refused, so idle connections can never lock everyone out.
+            if self._admitted >= cap and not self._evict_one():
                 nursery.start_soon(self._turn_away, stream)
                 continue
+            self._admitted += 1
             nursery.start_soon(self._serve_accepted, stream)
+
+    def _evict_one(self) -> bool:
+        """GOAWAY and close the longest-idle connection with no call open; False if none."""
+        victim = pick_eviction(d for d in self._connections if not d.closing)
+        if victim is None:
+            return False
+        victim.start_drain("evicted for a new connection: connection cap reached")
+        return True
+
+    def _set_tcp_keepalive(self, stream: trio.abc.Stream) -> None:
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        if not isinstance(stream, trio.SocketStream):
+            return
+        sock = stream.socket
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        try:
+            apply_tcp_keepalive(sock, self.options.tcp_keepalive)
+        except OSError:
+            pass  # the peer is already gone: its reads will say so
 
     async def _serve_accepted(self, stream: trio.abc.Stream) -> None:
         """``serve_stream`` for the accept loop: one connection's failure stays its own."""
@@ -241,6 +304,8 @@ class Server:
             # A bug reached by one peer's bytes must not end every other connection (they
             # share the listener's nursery); serve_stream has closed the stream already.
             logger.exception("connection from %s failed", peer)
+        finally:
+            self._admitted -= 1
 
     async def _turn_away(self, stream: trio.abc.Stream) -> None:
         """Refuse a connection over the limit politely: SETTINGS and GOAWAY, then close."""
@@ -357,6 +422,14 @@ def _describe(stream: trio.abc.Stream, *, peer: bool) -> str:
     if sock.family == socket.AF_INET6:
         return f"ipv6:[{addr[0]}]:{addr[1]}"
     return f"unix:{addr}" if addr else "unix:"
+
+
+def _soft_nofile() -> int | None:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _is_socket(path: str) -> bool:

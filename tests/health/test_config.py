@@ -17,6 +17,7 @@ from health.config import (
     load_config,
     parse_config,
 )
+from health.transport import TransportSettings
 
 from .constants import EXAMPLE, NOT_SERVING, SERVING, UNKNOWN
 
@@ -68,7 +69,8 @@ def test_empty_file_gives_the_serve_defaults() -> None:
                                      "shutdown_delay": 0.0, "list_limit": 100,
                                      "metrics": False, "http2": "h2", "reflection": True,
                                      "tls_cert": None, "tls_key": None,
-                                     "tls_client_ca": None, "require_client_cert": False}
+                                     "tls_client_ca": None, "require_client_cert": False,
+                                     **TransportSettings().values()}
     assert config.initial_statuses() == {}
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -51,13 +51,15 @@ def test_backoff_series_without_jitter() -> None:
 def test_backoff_jitter_bounds_and_reset() -> None:
     state = BackoffDelays(Backoff(), random.Random(1234))
     current = 1.0
-    assert state.next_delay() == 1.0  # the first retry is not jittered
+    # The first retry is jittered too (so watchers of one backend spread out).
+    assert 0.8 <= state.next_delay() <= 1.2
     for _ in range(20):
         current = min(current * 1.6, 120.0)
         delay = state.next_delay()
         assert current * 0.8 <= delay <= current * 1.2
     state.reset()
-    assert state.next_delay() == 1.0
+    assert 0.8 <= state.next_delay() <= 1.2
+    assert 0.0 <= state.first_retry_delay() <= 0.2
 
 
 def test_backoff_is_deterministic_with_a_seeded_random() -> None:
@@ -163,10 +165,11 @@ async def test_outage_retries_with_backoff_then_recovers(
             with trio.fail_after(600):
                 await backend.wait_connects(6)
             offsets = [t - t0 for t in backend.connects[:6]]
-            # The broken stream had received a message: the first retry is immediate; then
-            # 1 s, and 1.6^n x 0.8 (LowJitter) apart, each measured from the previous start.
+            # The broken stream had received a message: the first retry comes within 0.2 s
+            # (LowJitter: at once); then 0.8 s, and 1.6^n x 0.8 apart, each measured from the
+            # previous start.
             expected = [0.0]
-            gap = 1.0
+            gap = 0.8
             for i in range(5):
                 expected.append(expected[-1] + gap)
                 gap = 1.6 ** (i + 1) * 0.8
@@ -175,13 +178,13 @@ async def test_outage_retries_with_backoff_then_recovers(
             await wait_for(watcher, True)
             assert watcher.report.status is ServingStatus.SERVING
             # A message arrived, so the backoff starts over: the next outage retries at once
-            # and then after 1 s again.
+            # (LowJitter) and then after 0.8 s again.
             backend.connects.clear()
             t1 = trio.current_time()
             await backend.down()
             with trio.fail_after(600):
                 await backend.wait_connects(2)
-            assert [t - t1 for t in backend.connects[:2]] == pytest.approx([0.0, 1.0])
+            assert [t - t1 for t in backend.connects[:2]] == pytest.approx([0.0, 0.8])
         nursery.cancel_scope.cancel()
 
 
@@ -231,4 +234,31 @@ async def test_wait_changed_returns_the_latest_report(
             report = await watcher.wait_changed(version)
             assert report.status is ServingStatus.NOT_SERVING
             assert watcher.version == version + 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_fifty_followers_of_one_backend_do_not_reconnect_together(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The first reconnect after a backend is lost is jittered, and so is the second."""
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        backend = HealthBackend(nursery)
+        followers = []
+        for i in range(50):
+            channel = await stack.enter_async_context(channel_to(backend))
+            follower = BackendFollower(channel, rng=random.Random(i))
+            nursery.start_soon(follower.run)
+            followers.append(follower)
+        for follower in followers:
+            await wait_for(follower, True)
+        backend.connects.clear()
+        t0 = trio.current_time()
+        await backend.down()
+        with trio.fail_after(600):
+            await backend.wait_connects(100)
+        first = sorted(t - t0 for t in backend.connects[:50])
+        second = sorted(t - t0 for t in backend.connects[50:100])
+        assert all(0 <= t <= 0.2 for t in first)
+        assert len({round(t, 6) for t in first}) >= 45
+        assert all(0.8 <= t <= 1.4 for t in second)
+        assert len({round(t, 6) for t in second}) >= 45
         nursery.cancel_scope.cancel()

@@ -17,7 +17,8 @@ import trio.testing
 from wire import RpcError, StatusCode
 from wire.client import Channel, connect_tcp, open_channel
 from wire.client_connection import ClientConfig
-from wire.keepalive import TOO_MANY_PINGS, TcpKeepalive, apply_tcp_keepalive
+from wire.keepalive import TOO_MANY_PINGS
+from wire.sockopts import TcpKeepalive, apply_tcp_keepalive
 from wire.status import ErrorCode
 
 from .hostile_server import ACK, PING, Peer, goaway, ok_response, ping
@@ -233,3 +234,16 @@ def test_apply_reports_options_the_platform_lacks(monkeypatch: pytest.MonkeyPatc
         missing = apply_tcp_keepalive(sock, TcpKeepalive())
         assert "TCP_USER_TIMEOUT" in missing
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+
+
+async def test_a_call_on_a_resting_connection_pings_at_once(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # grpc-go: keepalive that went dormant for want of calls wakes with the next call and
+    # PINGs at once (the connection may have died while nobody used it).
+    async with channel_to(answers_pings, keepalive_time=10) as (channel, net):
+        await channel.connect()
+        await trio.sleep(50)
+        assert net.pings() == 0
+        with trio.move_on_after(1):
+            await channel.unary_unary(METHOD, b"", timeout=300)
+        assert net.pings() == 1

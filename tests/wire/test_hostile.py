@@ -484,7 +484,7 @@ async def test_pings_spaced_out_are_fine(autojump_clock: trio.testing.MockClock,
     async with open_raw(server) as raw:
         for i in range(10):
             await raw.send(ping_frame(b"%08d" % i))
-            await trio.sleep(config.min_ping_interval)
+            await trio.sleep(config.keepalive_min_time)
         await raw.wait_until(lambda: sum(isinstance(f, PingFrame) for f in raw.frames) == 10)
         assert not raw.goaways
 
@@ -843,6 +843,10 @@ async def test_max_connections(http2: str) -> None:
                 async with open_h2_client(stream) as client:
                     b = Bystander(client, 0)
                     await b.check()
+                    # A call left open: only connections without calls are evicted at the cap.
+                    sid = client.new_stream()
+                    await client.send_headers(sid, grpc_request_headers(SLEEP))
+                    await client.send_data(sid, grpc_frame(b""), end_stream=True)
                     opened.append(b)
                     if len(opened) == n:
                         ready.set()
