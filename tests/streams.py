@@ -1,4 +1,5 @@
-"""Stream pairs that expose hidden buffering and partial-frame bugs, for tests of both packages.
+"""Stream helpers for tests of both packages: pairs that expose hidden buffering and
+partial-frame bugs, and a read that treats a broken or closed stream as its end.
 
 ``PAIRS`` parametrizes a test over ``trio.testing.lockstep_stream_pair`` (every ``send_all``
 waits until the peer has read it all) and :func:`one_byte_stream_pair` (a
@@ -44,3 +45,11 @@ def one_byte_stream_pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
 
 PAIRS = [pytest.param(trio.testing.lockstep_stream_pair, id="lockstep"),
          pytest.param(one_byte_stream_pair, id="one-byte")]
+
+
+async def receive_or_eof(stream: trio.abc.ReceiveStream) -> bytes:
+    """The next bytes from ``stream``; ``b""`` once it has ended, broken or been closed."""
+    try:
+        return await stream.receive_some(65536)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return b""

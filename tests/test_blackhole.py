@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from .blackhole import open_blackhole_proxy
+from .streams import receive_or_eof
 
 
 class _EchoServer:
@@ -20,10 +21,7 @@ class _EchoServer:
         self.accepted += 1
         async with stream:
             while True:
-                try:
-                    data = await stream.receive_some(65536)
-                except trio.BrokenResourceError:
-                    data = b""
+                data = await receive_or_eof(stream)
                 if not data:
                     self.eofs += 1
                     self.eof_seen.set()

@@ -25,6 +25,8 @@ import trio
 import trio.testing
 from hyperframe.frame import Frame, GoAwayFrame
 
+from tests.streams import receive_or_eof
+
 __all__ = [
     "GoAway",
     "H2Client",
@@ -145,14 +147,6 @@ class StreamRecord:
     def _touch(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
-
-
-async def receive_or_eof(stream: trio.abc.ReceiveStream) -> bytes:
-    """The next bytes from ``stream``; ``b""`` once it has ended, broken or been closed."""
-    try:
-        return await stream.receive_some(65536)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return b""
 
 
 class _AnySettings(h2.settings.Settings):

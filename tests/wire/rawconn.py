@@ -31,15 +31,10 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+from tests.streams import receive_or_eof
 from wire import Server
 
-from .h2client import (
-    HeaderBlock,
-    StreamRecord,
-    grpc_frame,
-    grpc_request_headers,
-    receive_or_eof,
-)
+from .h2client import HeaderBlock, StreamRecord, grpc_frame, grpc_request_headers
 from .service import ECHO
 
 __all__ = [

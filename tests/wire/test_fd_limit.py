@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.streams import receive_or_eof
 from wire import open_channel
 
 from .rawconn import BOUND, PREFACE, settings_frame
@@ -58,10 +59,7 @@ class _Flood:
         await stream.send_all(PREFACE + settings_frame())
         served = False
         while True:
-            try:
-                data = await stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                data = b""
+            data = await receive_or_eof(stream)
             if not data:
                 self.closed += 1
                 self.changed.set()
