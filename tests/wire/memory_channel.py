@@ -1,9 +1,11 @@
-"""A ``wire.Channel`` to a ``wire.Server`` over in-memory streams, for the Trio-layer tests."""
+r"""Channels over in-memory networks for the Trio-layer tests: to a ``wire.Server`` through fresh
+``memory_stream_pair``\ s, or through any test "net" object whose ``connect`` a channel dials."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar
 
 import trio
 import trio.testing
@@ -23,4 +25,24 @@ async def memory_channel_to(server: Server) -> AsyncIterator[Channel]:
 
         async with open_channel("memory:1", connector=connect) as channel:
             yield channel
+        nursery.cancel_scope.cancel()
+
+
+class Net(Protocol):
+    """A test network: each ``connect()`` is one new connection of the channel."""
+
+    async def connect(self) -> trio.abc.Stream: ...
+
+
+NetT = TypeVar("NetT", bound=Net)
+
+
+@asynccontextmanager
+async def channel_over(make_net: Callable[[trio.Nursery], NetT], target: str,
+                       **channel_options: Any) -> AsyncIterator[tuple[Channel, NetT]]:
+    """A channel to ``target`` dialling ``make_net(nursery)``; the net's tasks end with it."""
+    async with trio.open_nursery() as nursery:
+        net = make_net(nursery)
+        async with open_channel(target, connector=net.connect, **channel_options) as channel:
+            yield channel, net
         nursery.cancel_scope.cancel()

@@ -30,6 +30,7 @@ from hyperframe.frame import GoAwayFrame
 
 import wire
 from tests.rpc_errors import record_rpc_error
+from tests.wire.memory_channel import channel_over
 from wire import (
     ConnectError,
     Metadata,
@@ -741,11 +742,9 @@ def svc() -> ClientTestService:
 async def memory_channel(svc: ClientTestService, *, config: ServerConfig | None = None,
                          **kw: Any) -> AsyncIterator[tuple[wire.Channel, MemoryNet]]:
     server = Server(svc.handlers(), config=config)
-    async with trio.open_nursery() as nursery:
-        net = MemoryNet(server, nursery)
-        async with open_channel("backend:50051", connector=net.connect, **kw) as channel:
-            yield channel, net
-        nursery.cancel_scope.cancel()
+    async with channel_over(lambda nursery: MemoryNet(server, nursery), "backend:50051",
+                            **kw) as connected:
+        yield connected
 
 
 async def test_unary_call_returns_response_and_metadata(svc: ClientTestService) -> None:

@@ -15,13 +15,14 @@ import trio
 import trio.testing
 
 from wire import RpcError, StatusCode
-from wire.client import Channel, connect_tcp, open_channel
+from wire.client import Channel, connect_tcp
 from wire.client_connection import ClientConfig
 from wire.keepalive import TOO_MANY_PINGS
 from wire.sockopts import TcpKeepalive, apply_tcp_keepalive
 from wire.status import ErrorCode
 
 from .hostile_server import ACK, PING, Peer, goaway, ok_response, ping
+from .memory_channel import channel_over
 
 METHOD = "/grpc.health.v1.Health/Check"
 
@@ -50,11 +51,8 @@ class Net:
 
 @asynccontextmanager
 async def channel_to(script: PeerScript, **kw: Any) -> AsyncIterator[tuple[Channel, Net]]:
-    async with trio.open_nursery() as nursery:
-        net = Net(nursery, script)
-        async with open_channel("peer:1", connector=net.connect, **kw) as channel:
-            yield channel, net
-        nursery.cancel_scope.cancel()
+    async with channel_over(lambda nursery: Net(nursery, script), "peer:1", **kw) as connected:
+        yield connected
 
 
 async def silent(peer: Peer) -> None:
