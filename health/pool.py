@@ -575,6 +575,8 @@ async def open_pool(
     channel_options: Mapping[str, Any] | None = None,
     open_channel_for: ChannelOpener | None = None,
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    keepalive_time: float | None = None,
+    keepalive_timeout: float | None = None,
 ) -> AsyncIterator[HealthyPool]:
     """Watch ``service`` on every backend of ``target``; yield the pool; stop on exit.
 
@@ -586,8 +588,16 @@ async def open_pool(
     ``connect_timeout``, and for a resolved name ``authority`` and ``server_hostname`` set to
     the name). ``open_channel_for(address)`` replaces ``wire.open_channel`` altogether: it
     returns an async context manager yielding a ``wire.Channel``; tests use it to connect
-    over memory streams.
+    over memory streams. ``keepalive_time`` / ``keepalive_timeout`` are the channels' HTTP/2
+    PING keepalive (``wire.open_channel``'s options of the same names; off by default): with
+    them a backend that vanishes without closing its connections stops being picked within
+    ``keepalive_time + keepalive_timeout``.
     """
+    keepalive = {name: value for name, value in (("keepalive_time", keepalive_time),
+                                                  ("keepalive_timeout", keepalive_timeout))
+                 if value is not None}
+    if keepalive:
+        channel_options = {**keepalive, **(channel_options or {})}
     pool = HealthyPool(
         target, on_change, service=service, resolver=resolver, resolve_interval=resolve_interval,
         min_resolve_interval=min_resolve_interval, resolve_timeout=resolve_timeout,
