@@ -392,11 +392,6 @@ def _merged(streams: dict[int, list[Any]]) -> dict[int, list[Any]]:
     return out
 
 
-def _padded_headers(step: bytes) -> bool:
-    lt, flags, _sid = _HEADER.unpack_from(step, 0)
-    return lt & 0xFF == 0x1 and bool(flags & 0x8)
-
-
 def one_input(data: bytes) -> None:
     """Run the program in ``data`` against both engines; raise if they part unlisted."""
     program = _Program(_Reader(data))
@@ -419,9 +414,6 @@ def one_input(data: bytes) -> None:
             if ("burst" in kinds and native.error == ErrorCode.STREAM_CLOSED
                     and h2.error is None):
                 return  # the table's "DATA after END_STREAM in the read that ends the call"
-            if (_padded_headers(step) and h2.error == ErrorCode.PROTOCOL_ERROR
-                    and native.error == ErrorCode.FRAME_SIZE_ERROR):
-                return  # native audit fix 3 (HEADERS padding with PRIORITY) makes it agree
             raise AssertionError(f"connection errors differ after {kinds or 'a step'} "
                                  f"{step[:64]!r}: h2 {h2.error}, native {native.error}")
         if got_h2 != got_native:

@@ -88,6 +88,9 @@ def _serve_parser() -> argparse.ArgumentParser:
                         "examples/health.toml); flags on the command line override it")
     p.add_argument("--metrics", action="store_true", default=False,
                    help="serve Prometheus metrics at GET /metrics on the admin port")
+    p.add_argument("--no-reflection", dest="reflection", action="store_false", default=True,
+                   help="do not serve gRPC server reflection (on by default: grpcurl lists "
+                        "and describes the Health service without a .proto file)")
     p.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
     p.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (PEM)")
     p.add_argument("--tls-client-ca", metavar="FILE",

@@ -20,6 +20,7 @@ Schema (every key optional unless marked required; unknown keys are errors, to c
     grace = 5.0                 # seconds calls in flight get on shutdown
     list_limit = 100            # most services List returns
     metrics = false             # GET /metrics on the admin port (needs admin_port)
+    reflection = true           # gRPC server reflection (grpcurl list/describe); false: off
     aggregate = true            # "" is the aggregate of every check (see health.checks)
     tls_cert = "server.pem"     # TLS files: must exist (relative to this file's folder);
     tls_key = "server.key"      #   cert and key go together
@@ -113,7 +114,8 @@ CHECK_TYPES = ("tcp", "http", "command", "grpc")
 
 #: The SidecarConfig fields that ``serve`` flags of the same name (``--admin-port`` ->
 #: ``admin_port``) also set; the flag wins over the file.
-FLAG_SETTINGS = ("host", "port", "unix", "admin_port", "grace", "list_limit", "metrics")
+FLAG_SETTINGS = ("host", "port", "unix", "admin_port", "grace", "list_limit", "metrics",
+                 "reflection")
 
 
 # Running a config moved to health.sidecar; resolved lazily so that this module stays pure.
@@ -267,6 +269,8 @@ class SidecarConfig:
     grace: float = 5.0
     list_limit: int = DEFAULT_LIST_LIMIT
     metrics: bool = False
+    #: Serve gRPC server reflection describing the Health service (``--no-reflection``: off).
+    reflection: bool = True
     aggregate: bool = True
     tls: TlsConfig | None = None
     services: tuple[ServiceConfig, ...] = ()
@@ -468,6 +472,7 @@ class _Loader:
         grace = server.number("grace", 5.0, positive=False)
         list_limit = server.integer("list_limit", DEFAULT_LIST_LIMIT, 0)
         metrics = server.boolean("metrics", False)
+        reflection = server.boolean("reflection", True)
         aggregate = server.boolean("aggregate", True)
         tls = self._tls(server)
         server.finish()
@@ -493,7 +498,7 @@ class _Loader:
         return SidecarConfig(
             path=Path(self.file) if self.file else None, host=host, port=port, unix=unix,
             admin_port=admin_port, grace=grace, list_limit=list_limit, metrics=metrics,
-            aggregate=aggregate, tls=tls, services=tuple(services))
+            reflection=reflection, aggregate=aggregate, tls=tls, services=tuple(services))
 
     def _tls(self, server: _Table) -> TlsConfig | None:
         cert = server.file("tls_cert")

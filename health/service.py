@@ -37,8 +37,10 @@ import trio
 from wire import MethodHandler, RpcError, Server, ServerCall, StatusCode, unary_unary
 from wire.connection import ServerConfig
 from wire.handlers import unary_stream_push
+from wire.reflection import ReflectionRegistry, add_reflection
 from wire.server import PushCall, ServerOptions
 
+from . import _health_pb2
 from .errors import ServiceNameError, WatcherLimitError
 from .protocol import (
     CHECK_PATH,
@@ -93,10 +95,21 @@ class HealthService:
             unary_stream_push(WATCH_PATH, self._watch, parse_check_request, _identity),
         ]
 
-    def attach(self, server: Server) -> None:
-        """Add the Health methods to ``server`` and drain them when it shuts down."""
+    def attach(self, server: Server, *, reflection: ReflectionRegistry | None = None) -> None:
+        """Add the Health methods to ``server`` and drain them when it shuts down.
+
+        With ``reflection`` (the registry ``wire.reflection.add_reflection`` returned), the
+        Health service is also described there, from health's private descriptor pool.
+        """
         server.add_handlers(self.handlers())
         server.add_shutdown_hook(self.drain)
+        if reflection is not None:
+            self.describe(reflection)
+
+    @staticmethod
+    def describe(registry: ReflectionRegistry) -> None:
+        """List ``grpc.health.v1.Health`` (and its file) in a reflection registry."""
+        registry.add_service(_health_pb2.DESCRIPTOR.services_by_name["Health"])
 
     def drain(self) -> None:
         """Mark everything NOT_SERVING, push it to watchers, then end every Watch."""
@@ -197,6 +210,9 @@ class _WatchStream:
 class HealthServer:
     """A standalone health server: a ``wire.Server`` carrying only the Health service.
 
+    ``reflection=True`` also serves gRPC server reflection (v1 and v1alpha) describing it,
+    so ``grpcurl -plaintext HOST:PORT list`` works without a .proto file.
+
     Started with ``await nursery.start(serve_health, host, port)``, which hands this object
     back; set statuses on it (or on ``.state``) from then on.
     """
@@ -209,11 +225,15 @@ class HealthServer:
         config: ServerConfig | None = None,
         options: ServerOptions | None = None,
         extra_handlers: Sequence[MethodHandler[Any, Any]] = (),
+        reflection: bool = False,
     ) -> None:
         self.service = HealthService(state, list_limit=list_limit)
         self.state = self.service.state
         self.server = Server(extra_handlers, config=config, options=options)
-        self.service.attach(self.server)
+        #: The server reflection registry when ``reflection`` is on (add services to it).
+        self.reflection: ReflectionRegistry | None = (
+            add_reflection(self.server) if reflection else None)
+        self.service.attach(self.server, reflection=self.reflection)
         #: The bound address once serving: ``(host, port)`` or a Unix socket path.
         self.address: Any = None
 

@@ -207,7 +207,8 @@ class SidecarProcess:
         self.ssl_context = server_ssl_context(config.tls)
         self.state = HealthState(config.initial_statuses())
         self.state.add_listener(_log_change)
-        self.server = HealthServer(self.state, list_limit=config.list_limit)
+        self.server = HealthServer(self.state, list_limit=config.list_limit,
+                                   reflection=config.reflection)
         self.sidecar = Sidecar(config, self.state, service=self.server.service)
         #: Set by the first signal or the admin API's shutdown: drain, then stop.
         self.stop = trio.Event()

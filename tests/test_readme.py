@@ -13,7 +13,8 @@ Blocks are taken from the fenced code in README.md, each by its language:
 * ``yaml``: parsed, validated against the Kubernetes schema inside a pod, and checked to be an
   excerpt of the manifest in ``examples/kubernetes/`` it summarises;
 * ``sh``: the venv/pip setup lines must be the README's two commands (the test command the one
-  ``.ci/run`` runs); the serve and probe commands run against a server on 127.0.0.1 port 0;
+  ``.ci/run`` runs); the serve, probe and grpcurl commands run against a server on 127.0.0.1
+  port 0 (grpcurl's with server reflection on; skipped when grpcurl is not installed);
 * ``text``: diagrams, nothing to run (any other language fails the test).
 """
 
@@ -38,6 +39,7 @@ import yaml
 
 from health import HealthServer, ServingStatus
 from health.config import parse_config
+from tests.interop.grpcurl import require_grpcurl
 from wire import ServerCall, unary_stream, unary_unary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,6 +231,8 @@ async def test_sh_block_runs(block: Block) -> None:
             await _run_serve(argv[4:])
         elif argv[0] == "trio-grpc-health-probe":
             await _run_probe(argv[1:])
+        elif argv[0] == "grpcurl":
+            await _run_grpcurl(argv[1:])
         else:
             raise AssertionError(f"README.md:{block.line}: no test runs {shlex.join(argv)}")
 
@@ -261,6 +265,23 @@ async def _run_serve(flags: list[str]) -> None:
             proc.kill()
             await proc.wait()
         await proc.stdout.aclose()
+
+
+async def _run_grpcurl(args: list[str]) -> None:
+    # Against a health server with reflection on, as `python -m health serve` runs by default.
+    binary = require_grpcurl()
+    health = HealthServer(reflection=True)
+    health.set("my.Service", ServingStatus.SERVING)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(health.serve_tcp, "127.0.0.1", 0)
+        argv = [a.replace("127.0.0.1:50051", f"127.0.0.1:{health.port}") for a in args]
+        assert argv != args, "a grpcurl command that names no server address"
+        with trio.fail_after(STEP):
+            result = await trio.run_process([str(binary), *argv], capture_stdout=True,
+                                            capture_stderr=True, check=False)
+        await health.shutdown(0)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout
 
 
 async def _run_probe(flags: list[str]) -> None:

@@ -1,9 +1,10 @@
 """gRPC over HTTP/2 for Trio, in pure Python (h2 + hpack); knows nothing of health checking.
 
 Layers: a sans-I/O core (``status``, ``errors``, ``framing``, ``compression``, ``timeout``,
-``metadata``, ``events``, ``handlers``, ``connection``, ``client_connection``) that never imports
-Trio, and a Trio layer around it: ``transport`` (the single writer), ``calls`` (``ServerCall``,
-``PushCall``), ``driver`` (one server connection), ``server`` and ``client``.
+``metadata``, ``events``, ``handlers``, ``connection``, ``client_connection``, ``reflection``)
+that never imports Trio, and a Trio layer around it: ``transport`` (the single writer), ``calls``
+(``ServerCall``, ``PushCall``), ``request_stream`` (the requests of client-streaming and bidi
+calls), ``driver`` (one server connection), ``server`` and ``client``.
 
 The names below are loaded on first use (PEP 562), so ``import wire`` or importing a sans-I/O
 module never loads Trio; ``from wire import Server`` loads the server side.
@@ -17,6 +18,7 @@ import typing as _typing
 if _typing.TYPE_CHECKING:
     from .calls import ConnectionInfo, PushCall, ServerCall
     from .client import (
+        BidiStream,
         Channel,
         ConnectError,
         ResponseStream,
@@ -28,8 +30,17 @@ if _typing.TYPE_CHECKING:
     from .connection import ServerConfig, ServerConnection
     from .driver import ConnectionStats, ServerOptions
     from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError, RpcError, WireError
-    from .handlers import MethodHandler, MethodKind, unary_stream, unary_stream_push, unary_unary
+    from .handlers import (
+        MethodHandler,
+        MethodKind,
+        stream_stream,
+        stream_unary,
+        unary_stream,
+        unary_stream_push,
+        unary_unary,
+    )
     from .metadata import Metadata
+    from .request_stream import RequestStream
     from .server import Server
     from .status import ErrorCode, StatusCode
 
@@ -37,6 +48,7 @@ __version__ = "0.1.0"
 
 # Public name -> the module (relative to this package) that defines it.
 _LAZY: dict[str, str] = {
+    "BidiStream": "client",
     "Channel": "client",
     "ClientConfig": "client_connection",
     "ClientConnection": "client_connection",
@@ -51,6 +63,7 @@ _LAZY: dict[str, str] = {
     "ProtocolError": "errors",
     "PushCall": "calls",
     "RemoteProtocolError": "errors",
+    "RequestStream": "request_stream",
     "ResponseStream": "client",
     "RpcError": "errors",
     "Server": "server",
@@ -63,6 +76,8 @@ _LAZY: dict[str, str] = {
     "WireError": "errors",
     "open_channel": "client",
     "parse_target": "client",
+    "stream_stream": "handlers",
+    "stream_unary": "handlers",
     "unary_stream": "handlers",
     "unary_stream_push": "handlers",
     "unary_unary": "handlers",
@@ -70,6 +85,7 @@ _LAZY: dict[str, str] = {
 
 # Spelled out for type checkers; tests/wire/test_imports.py checks it matches _LAZY.
 __all__ = [
+    "BidiStream",
     "Channel",
     "ClientConfig",
     "ClientConnection",
@@ -84,6 +100,7 @@ __all__ = [
     "ProtocolError",
     "PushCall",
     "RemoteProtocolError",
+    "RequestStream",
     "ResponseStream",
     "RpcError",
     "Server",
@@ -97,6 +114,8 @@ __all__ = [
     "__version__",
     "open_channel",
     "parse_target",
+    "stream_stream",
+    "stream_unary",
     "unary_stream",
     "unary_stream_push",
     "unary_unary",

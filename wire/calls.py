@@ -269,8 +269,11 @@ class ServerCall:
 
     # ------------------------------------------------------------------ the driver's side
 
-    def receive_message(self, data: bytes) -> None:
-        """Buffer the request message; a second one ends the call (the request is unary)."""
+    def receive_message(self, data: bytes, credit: int = 0) -> None:
+        """Buffer the request message; a second one ends the call (the request is unary).
+
+        ``credit`` is always 0 here: only streaming calls hold flow-control credit.
+        """
         if self._request is not None:
             # grpc-go: a unary request stream carrying a second message is UNIMPLEMENTED.
             self.end(StatusCode.UNIMPLEMENTED, "grpc: received more than one request message "

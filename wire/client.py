@@ -23,7 +23,13 @@ Outcomes
 * MAX_CONCURRENT_STREAMS: calls beyond the server's limit wait for a slot (queue) within their
   deadline, rather than failing at once.
 * Flow control: a streaming call's messages are acknowledged to the server as the caller
-  takes them, so a caller that stops reading stops the server after one window.
+  takes them, so a caller that stops reading stops the server after one window. The other way,
+  a client-streaming or bidi call's ``send`` waits while more than ``STREAM_HIGH_WATER`` bytes
+  of its requests wait for the server's window, so a server that does not read holds the
+  caller back instead of letting requests pile up here.
+* Client-streaming (``stream_unary``, requests from any iterable or async iterable) and bidi
+  (``stream_stream``, a ``BidiStream`` to ``send`` on, ``done_writing`` and iterate) follow the
+  same deadline and cancellation rules as the other calls.
 
 Dead peers
 ----------
@@ -43,7 +49,7 @@ import dataclasses
 import math
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -67,6 +73,8 @@ from .transport import Transport
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
+    "STREAM_HIGH_WATER",
+    "BidiStream",
     "Channel",
     "ConnectError",
     "Connector",
@@ -80,6 +88,8 @@ __all__ = [
 
 #: grpc-go's default minimum connect timeout.
 DEFAULT_CONNECT_TIMEOUT = 20.0
+#: Request bytes a streaming call may queue beyond the server's window before ``send`` waits.
+STREAM_HIGH_WATER = 64 * 1024
 
 _READ_SIZE = 64 * 1024
 _WRITE_TIMEOUT = 30.0
@@ -228,6 +238,9 @@ class _Call:
 
     async def receive(self) -> bytes | None:
         """The next response message, or None once the call has ended (check ``ended``)."""
+        if not self.messages and self.ended is None:
+            # Nothing queued: a message still arriving may need more than the window.
+            self.conn.request_more(self.stream_id)
         while not self.messages and self.ended is None:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
@@ -256,6 +269,9 @@ class _Connection:
         self._reads = 0
         self._last_read = trio.current_time()
         self._call_started = trio.Event()
+        # Set (and replaced) after each read and whenever a call ends: streaming senders
+        # waiting for the server's window look again then.
+        self._progress = trio.Event()
         self.conn = ClientConnection(
             channel.config,
             scheme="https" if channel.ssl_context is not None else "http",
@@ -472,6 +488,7 @@ class _Connection:
             for ev in events:
                 self._dispatch(ev)
             self._wake()
+            self._made_progress()
             if conn.going_away and not self.calls:
                 return
 
@@ -505,6 +522,11 @@ class _Connection:
             call.ended = ev
             call.notify()
         self._slot_freed()
+        self._made_progress()
+
+    def _made_progress(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
 
     def _fail_all(self, ended: list[CallEnded], reason: str) -> None:
         for ev in ended:
@@ -535,6 +557,52 @@ class _Connection:
         self._wake()
         return call
 
+    def open(self, path: str, metadata: MetadataLike, timeout: float | None,
+             authority: str | None, compression: str | None) -> _Call:
+        """Open a stream for a streaming request; messages follow with ``send_request``."""
+        sid = self.conn.start_call(path, metadata, timeout=timeout, authority=authority,
+                                   encoding=compression)
+        call = _Call(self, sid)
+        self.calls[sid] = call
+        self._call_started.set()
+        self._wake()
+        return call
+
+    async def send_request(self, call: _Call, payload: bytes) -> bool:
+        """Queue one request message, then wait while too much of it waits for window.
+
+        Returns False (nothing sent) if the call has ended or its request side is closed.
+        """
+        if call.ended is not None or not self.conn.send_message(call.stream_id, payload,
+                                                                end=False):
+            await trio.lowlevel.checkpoint()
+            return False
+        self._wake()
+        sid = call.stream_id
+        conn = self.conn
+        while call.ended is None and conn.pending_output(sid) > STREAM_HIGH_WATER:
+            progress = self._progress
+            transport = self.transport
+            if transport is not None:
+                # Output may be held until the writer takes what is queued (data_to_send).
+                await transport.flushed()
+                if call.ended is not None or conn.pending_output(sid) <= STREAM_HIGH_WATER:
+                    break
+            # The server's window is shut: wait for its WINDOW_UPDATE (or the call's end).
+            await progress.wait()
+        await trio.lowlevel.checkpoint()
+        return True
+
+    def end_request(self, call: _Call) -> None:
+        """Half-close the call's request side (END_STREAM after what is queued)."""
+        if call.ended is None and self.conn.end_request(call.stream_id):
+            self._wake()
+
+    def request_more(self, stream_id: int) -> None:
+        """The call's caller waits with nothing queued (see ``ClientConnection.request_more``)."""
+        self.conn.request_more(stream_id)
+        self._wake()
+
     def acknowledge(self, stream_id: int, size: int) -> None:
         if size:
             self.conn.acknowledge_received(stream_id, size)
@@ -546,7 +614,9 @@ class _Connection:
             self.calls.pop(call.stream_id, None)
             call.ended = CallEnded(call.stream_id, StatusCode.CANCELLED, "call cancelled",
                                    Metadata())
+            call.notify()
             self._slot_freed()
+            self._made_progress()
         # Messages never consumed still occupy the connection's window.
         held = sum(size for _, size in call.messages)
         call.messages.clear()
@@ -624,6 +694,54 @@ class ResponseStream:
     def done(self) -> bool:
         """True once the call has ended (its status may still be unread)."""
         return self._call.ended is not None and not self._call.messages
+
+
+class BidiStream(ResponseStream):
+    """A bidi-streaming call: ``send`` requests, ``done_writing``, iterate the responses.
+
+    Sending and receiving may happen in any order and from different tasks. ``receive()`` is
+    ``anext()`` that returns None at an OK end instead of stopping the iteration.
+    """
+
+    def __init__(self, call: _Call, deadline: float, timeout: float | None) -> None:
+        super().__init__(call, deadline, timeout)
+        self._writing_done = False
+
+    async def send(self, message: bytes) -> None:
+        """Send one request, waiting while the server's window is full.
+
+        Once the call has ended this raises its ``RpcError`` (after an OK end the message is
+        dropped); after ``done_writing()`` it raises RuntimeError.
+        """
+        if self._writing_done:
+            raise RuntimeError("send() after done_writing()")
+        call = self._call
+        with trio.move_on_at(self._deadline) as scope:
+            try:
+                sent = await call.conn.send_request(call, message)
+            except BaseException:
+                call.cancel()  # the caller was cancelled: reset the stream
+                raise
+        if scope.cancelled_caught:
+            call.cancel()
+            raise RpcError(StatusCode.DEADLINE_EXCEEDED,
+                           f"deadline exceeded after {self._timeout:g} s")
+        ended = call.ended
+        if not sent and ended is not None and ended.code is not StatusCode.OK:
+            raise ended.to_error()
+
+    async def done_writing(self) -> None:
+        """Half-close: the server's iteration over the requests ends after those sent."""
+        self._writing_done = True
+        self._call.conn.end_request(self._call)
+        await trio.lowlevel.checkpoint()
+
+    async def receive(self) -> bytes | None:
+        """The next response, or None once the call ended OK (other ends raise RpcError)."""
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            return None
 
 
 class Channel:
@@ -751,8 +869,9 @@ class Channel:
         if conn.conn.closed:
             self._connections.discard(conn)
 
-    async def _start(self, path: str, request: bytes, deadline: float,
+    async def _start(self, path: str, request: bytes | None, deadline: float,
                      metadata: MetadataLike, compression: str | None) -> _Call:
+        # A request of None opens the stream for a streaming request instead.
         # Bounded: each pass either starts the call, waits for a slot (bounded by the
         # deadline's cancel scope), or replaces a connection that went away.
         while True:
@@ -766,6 +885,8 @@ class Channel:
                     timeout = effective - trio.current_time()
                     if timeout <= 0:
                         await trio.sleep_until(effective)  # let the deadline scope fire
+                if request is None:
+                    return conn.open(path, metadata, timeout, None, compression)
                 return conn.start(path, request, metadata, timeout, None, compression)
             if conn.usable:
                 # MAX_CONCURRENT_STREAMS reached: queue until a call ends.
@@ -843,6 +964,67 @@ class Channel:
         finally:
             call.cancel()
 
+    async def stream_unary(
+        self,
+        path: str,
+        requests: AsyncIterable[bytes] | Iterable[bytes],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the server must learn it: grpc-timeout)
+        metadata: MetadataLike = (),
+        compression: str | None = None,
+    ) -> UnaryResponse:
+        """Make a client-streaming call: send ``requests``, half-close, return the response.
+
+        ``requests`` is any iterable or async iterable of serialized messages; it is consumed
+        as the server's window allows, concurrently with waiting for the answer, so a server
+        that answers early (an error) stops it. An exception from ``requests`` cancels the
+        call and is raised as it is.
+        """
+        deadline = trio.current_time() + timeout if timeout is not None else math.inf
+        call: _Call | None = None
+        failure: list[Exception] = []
+        messages: list[bytes] = []
+        with trio.move_on_at(deadline) as scope:
+            try:
+                call = await self._start(path, None, deadline, metadata, compression)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_send_all, call, requests, failure)
+                    messages = await _receive_unary(call)
+                    nursery.cancel_scope.cancel()
+            finally:
+                if call is not None and call.ended is None:
+                    call.cancel()  # deadline or caller cancelled: RST_STREAM CANCEL
+        if failure:
+            raise failure[0]
+        if scope.cancelled_caught:
+            raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded after {timeout:g} s")
+        assert call is not None
+        return _unary_response(call, messages)
+
+    @asynccontextmanager
+    async def stream_stream(
+        self,
+        path: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the server must learn it: grpc-timeout)
+        metadata: MetadataLike = (),
+        compression: str | None = None,
+    ) -> AsyncIterator[BidiStream]:
+        """Start a bidi-streaming call; ``send``, ``done_writing`` and iterate the stream.
+
+        The deadline bounds starting the call, every send and every read; leaving the block
+        before the call ended cancels it (RST_STREAM CANCEL).
+        """
+        deadline = trio.current_time() + timeout if timeout is not None else math.inf
+        with trio.move_on_at(deadline) as scope:
+            call = await self._start(path, None, deadline, metadata, compression)
+        if scope.cancelled_caught:
+            raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded after {timeout:g} s")
+        try:
+            yield BidiStream(call, deadline, timeout)
+        finally:
+            call.cancel()
+
     # ------------------------------------------------------------------ closing
 
     async def aclose(self) -> None:
@@ -851,6 +1033,56 @@ class Channel:
         for conn in list(self._connections):
             conn.close()
         self._current = None
+
+
+async def _send_all(call: _Call, requests: AsyncIterable[bytes] | Iterable[bytes],
+                    failure: list[Exception]) -> None:
+    """Send every request of a client-streaming call, then half-close."""
+    conn = call.conn
+    try:
+        if isinstance(requests, AsyncIterable):
+            async for payload in requests:
+                if not await conn.send_request(call, payload):
+                    return  # the call ended: its outcome is what the caller gets
+        else:
+            for payload in requests:
+                if not await conn.send_request(call, payload):
+                    return
+    except Exception as exc:
+        # The caller's own iterable failed: the call cannot be completed.
+        failure.append(exc)
+        call.cancel()
+        return
+    conn.end_request(call)
+
+
+async def _receive_unary(call: _Call) -> list[bytes]:
+    """Read a call's responses until it ends, stopping (and cancelling) at a second one."""
+    messages: list[bytes] = []
+    while True:
+        data = await call.receive()
+        if data is None:
+            return messages
+        messages.append(data)
+        if len(messages) > 1:
+            call.cancel()
+            return messages
+
+
+def _unary_response(call: _Call, messages: list[bytes]) -> UnaryResponse:
+    """The outcome of a call with one response message, or the RpcError it ended with."""
+    if len(messages) > 1:
+        raise RpcError(StatusCode.INTERNAL, "cardinality violation: a unary call received more "
+                       "than one response message")
+    ended = call.ended
+    assert ended is not None
+    if ended.code is not StatusCode.OK:
+        raise ended.to_error()
+    if not messages:
+        raise RpcError(StatusCode.INTERNAL, "cardinality violation: received no response "
+                       "message from a unary call", ended.metadata)
+    return UnaryResponse(messages[0], call.headers or Metadata(), ended.metadata, ended.code,
+                         ended.message)
 
 
 @asynccontextmanager

@@ -315,6 +315,7 @@ class _Call:
     """Per-stream state of a call in progress."""
 
     __slots__ = (
+        "credit_due",
         "decoder",
         "end_sent",
         "ending",
@@ -322,6 +323,8 @@ class _Call:
         "metadata",
         "pending",
         "send_encoding",
+        "starved",
+        "unattributed",
     )
 
     def __init__(self, send_encoding: str | None) -> None:
@@ -333,6 +336,12 @@ class _Call:
         # The caller has ended the request side / END_STREAM has actually gone out.
         self.ending = False
         self.end_sent = False
+        # Receive credit (see ``request_more``): of a message not yet complete, whether the
+        # caller waits with nothing queued (true until a first message arrives), and credit
+        # given back but not yet sent (a quarter window at a time).
+        self.unattributed = 0
+        self.starved = True
+        self.credit_due = 0
 
 
 class ClientConnection:
@@ -372,6 +381,13 @@ class ClientConnection:
             conn.increment_flow_control_window(config.connection_window_increment)
         self._h2 = conn
         self._calls: dict[int, _Call] = {}
+        # Receive flow control, split as grpc-go splits it: the connection window reopens as
+        # DATA arrives (half a window at a time), a stream's only as its messages are consumed
+        # (a quarter window at a time), so a caller that stops reading shuts its own stream and
+        # never the connection.
+        self._conn_unacked = 0
+        self._conn_credit_batch = (65535 + max(config.connection_window_increment, 0)) // 2
+        self._stream_credit_batch = max(1, config.initial_window_size // 4)
         self._ready = False
         self._going_away = False
         self._closed = False
@@ -437,6 +453,11 @@ class ClientConnection:
     def is_active(self, stream_id: int) -> bool:
         """True while ``stream_id`` is a call that has not ended."""
         return stream_id in self._calls
+
+    def pending_output(self, stream_id: int) -> int:
+        """Request bytes of ``stream_id`` queued and not yet sent (waiting for window)."""
+        call = self._calls.get(stream_id)
+        return len(call.pending) if call is not None else 0
 
     # ------------------------------------------------------------------ commands
 
@@ -528,13 +549,48 @@ class ClientConnection:
         return True
 
     def acknowledge_received(self, stream_id: int, size: int) -> None:
-        """Hand ``size`` consumed bytes of ``stream_id`` back to the server's window."""
-        if size > 0 and not self._closed:
-            try:
-                self._h2.acknowledge_received_data(size, stream_id)
-            except (ValueError, h2.exceptions.ProtocolError) as exc:
-                raise LocalProtocolError(f"cannot acknowledge {size} bytes on stream "
-                                         f"{stream_id}: {exc}") from None
+        """Hand ``size`` consumed bytes of ``stream_id`` back to the server's stream window."""
+        if size < 0:
+            raise LocalProtocolError(f"cannot acknowledge {size} bytes on stream {stream_id}")
+        call = self._calls.get(stream_id)
+        if call is not None and size and not self._closed:
+            self._stream_credit(stream_id, call, size)
+
+    def request_more(self, stream_id: int) -> None:
+        """The caller has consumed every message of ``stream_id`` and waits for the next.
+
+        Until a message completes, the credit of its bytes goes back at once, so a message
+        larger than the window can arrive; otherwise received bytes keep the stream's window
+        shut until their message is consumed (``acknowledge_received``). What a call buffers
+        thus stays below its stream window plus one message.
+        """
+        call = self._calls.get(stream_id)
+        if call is None or self._closed:
+            return
+        call.starved = True
+        credit, call.unattributed = call.unattributed, 0
+        if credit:
+            self._stream_credit(stream_id, call, credit)
+
+    def _connection_credit(self, length: int) -> None:
+        """Reopen the connection window as DATA arrives, half a window at a time."""
+        unacked = self._conn_unacked + length
+        if unacked >= self._conn_credit_batch:
+            self._h2.increment_flow_control_window(unacked)
+            unacked = 0
+        self._conn_unacked = unacked
+
+    def _stream_credit(self, sid: int, call: _Call, length: int) -> None:
+        """Reopen a stream's window by consumed bytes, a quarter window at a time."""
+        due = call.credit_due + length
+        if due < self._stream_credit_batch:
+            call.credit_due = due
+            return
+        call.credit_due = 0
+        try:
+            self._h2.increment_flow_control_window(due, stream_id=sid)
+        except (h2.exceptions.ProtocolError, ValueError, KeyError):
+            pass  # the stream closed on h2's side: its window no longer matters
 
     def close(self, error_code: int = ErrorCode.NO_ERROR, message: str = "") -> list[CallEnded]:
         """Send GOAWAY and stop; every call still open ends (returned) with UNAVAILABLE."""
@@ -750,7 +806,7 @@ class ClientConnection:
             # be treated as a stream error of type PROTOCOL_ERROR." h2 said connection error.
             # (_check_stream made sure this is a stream we opened, ended or not.)
             if isinstance(frame, DataFrame) and frame.flow_controlled_length:
-                self._h2.acknowledge_received_data(frame.flow_controlled_length, sid)
+                self._connection_credit(frame.flow_controlled_length)
             self._stream_error(sid, f"malformed response: {exc}", events)
             return
         raise _ConnectionError(_describe_h2_error(exc, frame), _error_code_of(exc), sid)
@@ -852,30 +908,34 @@ class ClientConnection:
         sid = ev.stream_id
         length = ev.flow_controlled_length or 0
         data = ev.data or b""
+        if length:
+            self._connection_credit(length)
         call = self._calls.get(sid)
         if call is None or call.decoder is None:
-            # Nobody will consume these bytes (call over, or not a gRPC body): release them.
-            if length:
-                self._h2.acknowledge_received_data(length, sid)
-            return
+            return  # nobody will consume these bytes: only the connection window mattered
         decoder = call.decoder
         try:
             messages = decoder.feed(data)
         except RpcError as exc:
-            self._h2.acknowledge_received_data(length, sid)
             self._end_reset(sid, CallEnded(sid, exc.code, exc.message, call.metadata), events)
             return
-        after = decoder.buffered
-        # Bytes of this frame that completed messages are held until those messages are
-        # consumed; the rest (padding, the start of a message still incomplete) is released
-        # now, or a message larger than the window could never arrive.
-        held = len(data) - after if messages else 0
-        release = length - held
-        if release:
-            self._h2.acknowledge_received_data(release, sid)
-        last = len(messages) - 1
-        for i, message in enumerate(messages):
-            events.append(ResponseMessageReceived(sid, message, held if i == last else 0))
+        # Received bytes are held until their message is consumed; a message's credit rides
+        # on it (the start of the next message stays with the call).
+        credit = call.unattributed + length
+        if messages:
+            leftover = min(decoder.buffered, credit)
+            last = len(messages) - 1
+            for i, message in enumerate(messages):
+                events.append(ResponseMessageReceived(sid, message,
+                                                      credit - leftover if i == last else 0))
+            credit = leftover
+            call.starved = False
+        call.unattributed = credit
+        if call.starved and credit:
+            # The caller waits with nothing queued: a message larger than the window must
+            # still be able to complete.
+            call.unattributed = 0
+            self._stream_credit(sid, call, credit)
 
     def _on_trailers(self, sid: int, headers: list[tuple[bytes, bytes]],
                      events: list[ClientEvent]) -> None:

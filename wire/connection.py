@@ -11,12 +11,18 @@ spoke, and adds the gRPC layer on top. It depends only on the engine interface:
   reported as ``RequestRejected``; only valid requests become ``RequestReceived``.
 * Request bodies go through a per-call ``MessageDecoder``; a bad or oversized message ends the
   call here (``CallAborted``) with the status already queued.
+* Receive flow control: the engine reopens the connection window as DATA arrives; a stream's
+  window reopens here, half a window at a time, as soon as its bytes are decoded, except for
+  calls of methods ``hold_credit_for`` names (client-streaming and bidi): their messages keep
+  their share of the stream window until the I/O layer consumes them (``release_credit``), so
+  a handler that does not read holds its client back at one window.
 * Responses are queued per stream. DATA leaves only as far as the peer's flow-control windows
   allow; the rest waits in the stream's queue until WINDOW_UPDATE arrives, and trailers wait
   behind the data so order is never broken. The I/O layer reads ``pending_output()`` to apply
   back-pressure, so a queue holds at most one message beyond its high-water mark.
-* Nothing here knows about sockets, Trio or which methods exist: the I/O layer answers unknown
-  methods with ``send_status(UNIMPLEMENTED)`` like any other outcome.
+* Nothing here knows about sockets, Trio or which methods exist (``hold_credit_for`` is a
+  predicate the I/O layer hands in): the I/O layer answers unknown methods with
+  ``send_status(UNIMPLEMENTED)`` like any other outcome.
 
 Graceful shutdown uses ``start_drain()`` in two steps, as RFC 9113 section 6.8 advises and
 grpc-go does: a GOAWAY naming stream 2^31-1 and a PING; when the PING's ACK is back, every
@@ -155,12 +161,22 @@ class _Rate:
 class _Call:
     """Per-stream state of a call in progress."""
 
-    __slots__ = ("client_done", "decoder", "headers_sent", "pending", "reset_code",
-                 "send_encoding", "trailers")
+    __slots__ = ("client_done", "credit_due", "decoder", "headers_sent", "holds_credit",
+                 "pending", "reset_code", "send_encoding", "starved", "trailers",
+                 "unattributed")
 
-    def __init__(self, decoder: MessageDecoder, send_encoding: str | None) -> None:
+    def __init__(self, decoder: MessageDecoder, send_encoding: str | None,
+                 holds_credit: bool = False) -> None:
         self.decoder = decoder
         self.send_encoding = send_encoding
+        # Received bytes keep their stream credit until ``release_credit`` (see
+        # ``hold_credit_for``); credit of a message not yet complete, and whether the handler
+        # waits with nothing queued (true until a first message arrives).
+        self.holds_credit = holds_credit
+        self.unattributed = 0
+        self.starved = True
+        # Credit given back but not yet sent (WINDOW_UPDATE goes out half a window at once).
+        self.credit_due = 0
         self.headers_sent = False
         self.client_done = False
         self.pending = bytearray()
@@ -254,6 +270,10 @@ class ServerConnection:
         self._last_ping: float | None = None
         self._ping_strikes = 0
         self._preface_received = False
+        # Which methods' calls keep their messages' flow-control credit (see hold_credit_for).
+        self._holds_credit: Callable[[str], bool] | None = None
+        # A stream WINDOW_UPDATE once half the window is consumed, as h2 and our codec do.
+        self._credit_batch = max(1, config.initial_window_size // 2)
 
     # ------------------------------------------------------------------ inspection
 
@@ -305,6 +325,39 @@ class ServerConnection:
     def is_active(self, stream_id: int) -> bool:
         """True while ``stream_id`` is a call that may still send."""
         return stream_id in self._calls
+
+    def hold_credit_for(self, predicate: Callable[[str], bool] | None) -> None:
+        """Calls whose method path ``predicate`` accepts hold back their flow-control credit.
+
+        For such a call each ``MessageReceived`` carries ``credit``: the stream receive window
+        its bytes took, which stays closed until the I/O layer hands it back with
+        ``release_credit`` once the message is consumed. A client streaming faster than its
+        handler reads is then held back by HTTP/2 flow control (RFC 9113 section 5.2.2: "flow
+        control can be used to limit the amount of memory" a receiver commits) instead of
+        being buffered without bound. The bytes of a message not yet complete are held too,
+        except while ``request_more`` says the handler waits with nothing queued: then they go
+        back at once, so a message larger than the window can complete. What is buffered for
+        a call stays below its stream window plus one message. Other calls give their credit
+        back as bytes arrive. The connection window is the engine's and reopens as DATA
+        arrives, so one slow handler never stalls the connection's other calls.
+        """
+        self._holds_credit = predicate
+
+    def release_credit(self, stream_id: int, credit: int) -> None:
+        """Give back ``credit`` of a consumed message (see ``hold_credit_for``)."""
+        call = self._calls.get(stream_id)
+        if call is not None and credit > 0:
+            self._give_credit(stream_id, call, credit)
+
+    def request_more(self, stream_id: int) -> None:
+        """The call's handler has consumed every message and waits for the next one."""
+        call = self._calls.get(stream_id)
+        if call is None or not call.holds_credit:
+            return
+        call.starved = True
+        credit, call.unattributed = call.unattributed, 0
+        if credit:
+            self._give_credit(stream_id, call, credit)
 
     # ------------------------------------------------------------------ input
 
@@ -389,24 +442,53 @@ class ServerConnection:
             self._calm_down("too many empty DATA frames")
         call = self._calls.get(sid)
         if call is None:
-            if flow_length:
-                self._engine.acknowledge_data(sid, flow_length)
-            return
+            return  # the engine reopened the connection window; the stream's is moot
+        messages: list[bytes] = []
         if data:
-            # The decoder bounds what it holds (one message up to the receive limit), so the
-            # credit goes back as soon as the bytes are decoded.
             try:
                 messages = call.decoder.feed(data)
             except RpcError as exc:
-                self._engine.acknowledge_data(sid, flow_length)
                 self._abort(sid, exc)
                 return
-            self._engine.acknowledge_data(sid, flow_length)
+        if call.holds_credit:
+            self._hold_credit(sid, call, messages, flow_length)
+        else:
+            # The decoder bounds what it holds (one message up to the receive limit), so the
+            # credit goes back as soon as the bytes are decoded.
+            self._give_credit(sid, call, flow_length)
             events = self._events
             for message in messages:
                 events.append(MessageReceived(sid, message))
         if end_stream:
             self._on_stream_ended(sid)
+
+    def _hold_credit(self, sid: int, call: _Call, messages: list[bytes], flow_length: int) -> None:
+        """Report messages of a call holding credit; each carries the credit it took."""
+        credit = call.unattributed + flow_length
+        if messages:
+            # Whatever the decoder still holds is the start of the next message.
+            leftover = min(call.decoder.buffered, credit)
+            events = self._events
+            for message in messages[:-1]:
+                events.append(MessageReceived(sid, message))
+            events.append(MessageReceived(sid, messages[-1], credit - leftover))
+            credit = leftover
+            call.starved = False
+        call.unattributed = credit
+        if call.starved and credit:
+            # The handler waits with nothing queued: a message larger than the window must
+            # still be able to complete.
+            call.unattributed = 0
+            self._give_credit(sid, call, credit)
+
+    def _give_credit(self, sid: int, call: _Call, credit: int) -> None:
+        """Reopen the stream's window by ``credit``, in batches of half a window."""
+        due = call.credit_due + credit
+        if due >= self._credit_batch:
+            call.credit_due = 0
+            self._engine.acknowledge_data(sid, due)
+        else:
+            call.credit_due = due
 
     def _h2_trailers(self, sid: int) -> None:
         self._on_stream_ended(sid)
@@ -443,12 +525,14 @@ class ServerConnection:
         send_encoding = enc if enc is not None and enc in accepted else None
         decoder = MessageDecoder(max_message_size=self.config.max_receive_message_size,
                                  encoding=enc)
-        self._calls[sid] = _Call(decoder, send_encoding)
         path = fields.get(b":path")
+        method = path.decode("utf-8", "replace") if path else ""
+        holds = self._holds_credit is not None and self._holds_credit(method)
+        self._calls[sid] = _Call(decoder, send_encoding, holds)
         self._events.append(
             RequestReceived(
                 stream_id=sid,
-                method=path.decode("utf-8", "replace") if path else "",
+                method=method,
                 metadata=metadata,
                 timeout=timeout,
                 authority=fields.get(b":authority", b"").decode("utf-8", "replace"),

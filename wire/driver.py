@@ -7,7 +7,9 @@ the DEBUG log lines an operator reads (connection opened and closed, with peer a
 call, with method, status and duration; never header values or message bytes).
 
 Handlers run three ways (see ``wire.handlers``): an async handler in a task of its own, under a
-cancel scope whose deadline is the call's ``grpc-timeout``; a sync unary handler inline in the
+cancel scope whose deadline is the call's ``grpc-timeout`` (client-streaming and bidi handlers
+start at once and pull their requests from a ``wire.request_stream.StreamingCall``, whose
+messages keep their flow-control credit until pulled); a sync unary handler inline in the
 read loop once its request is complete; a push stream's ``start`` inline, the ``PushCall`` then
 living without a task. Deadlines of task-less calls sit in a heap that the read loop enforces
 through the timeout of its socket read.
@@ -46,6 +48,7 @@ from .events import (
     StreamReset,
 )
 from .handlers import MethodHandler, MethodKind
+from .request_stream import StreamingCall
 from .status import ErrorCode, StatusCode
 from .transport import Transport
 
@@ -160,6 +163,12 @@ class ConnectionDriver:
         self._nursery: trio.Nursery | None = None
         # Why the connection ends, for the log; the first reason found wins.
         self._close_reason: str | None = None
+        # Streaming calls keep their messages' receive window shut until the handler pulls.
+        conn.hold_credit_for(self._pulls_requests)
+
+    def _pulls_requests(self, path: str) -> bool:
+        handler = self._registry.handler_for(path)
+        return handler is not None and handler.client_streaming
 
     # ------------------------------------------------------------------ read-only views
 
@@ -470,6 +479,8 @@ class ConnectionDriver:
             call = ServerCall(self, ev, ev.method)
         elif handler.kind is MethodKind.UNARY_STREAM_PUSH:
             call = PushCall(self, ev, handler.path, handler.response_serializer)
+        elif handler.client_streaming:
+            call = StreamingCall(self, ev, handler.path, handler.request_deserializer)
         else:
             call = ServerCall(self, ev, handler.path)
         self._calls[ev.stream_id] = call
@@ -480,8 +491,7 @@ class ConnectionDriver:
             return
         if self._registry.shutting_down and not self._conn.draining:
             self._conn.start_drain()
-        kind = handler.kind
-        if kind is MethodKind.UNARY_UNARY or kind is MethodKind.UNARY_STREAM:
+        if handler.kind in _IN_TASK:
             # The call's task starts now, not when the request is complete, so that its
             # deadline also covers a client that never finishes sending the request.
             call.prepare_task()
@@ -503,7 +513,7 @@ class ConnectionDriver:
     def _on_message(self, ev: MessageReceived) -> None:
         call = self._calls.get(ev.stream_id)
         if call is not None:
-            call.receive_message(ev.data)
+            call.receive_message(ev.data, ev.credit)
 
     def _on_request_ended(self, ev: RequestEnded) -> None:
         call = self._calls.get(ev.stream_id)
@@ -591,17 +601,7 @@ class ConnectionDriver:
         with trio.CancelScope(deadline=call.deadline) as scope:
             try:
                 await call.wait_request(scope)
-                request = call.take_request(handler.request_deserializer)
-                serialize = handler.response_serializer
-                if handler.kind is MethodKind.UNARY_UNARY:
-                    response = await handler.handler(request, call)
-                    await call.send_message(serialize(response))
-                else:
-
-                    async def send(msg: Any) -> None:
-                        await call.send_message(serialize(msg))
-
-                    await handler.handler(request, call, send)
+                await _invoke(call, handler)
             except Exception as exc:
                 failure = exc
         if not scope.cancelled_caught:
@@ -615,6 +615,32 @@ class ConnectionDriver:
             call.expire()
         else:
             call.end(StatusCode.UNAVAILABLE, SHUTTING_DOWN, how=Ending.STATUS)
+
+
+#: The kinds whose handler runs in a task of its own.
+_IN_TASK = frozenset({MethodKind.UNARY_UNARY, MethodKind.UNARY_STREAM, MethodKind.STREAM_UNARY,
+                      MethodKind.STREAM_STREAM})
+
+
+async def _invoke(call: ServerCall, handler: MethodHandler[Any, Any]) -> None:
+    """Run an async handler of any shape, sending what it answers."""
+    serialize = handler.response_serializer
+    kind = handler.kind
+
+    async def send(msg: Any) -> None:
+        await call.send_message(serialize(msg))
+
+    if isinstance(call, StreamingCall):
+        if kind is MethodKind.STREAM_UNARY:
+            await send(await handler.handler(call.requests, call))
+        else:
+            await handler.handler(call.requests, call, send)
+        return
+    request = call.take_request(handler.request_deserializer)
+    if kind is MethodKind.UNARY_UNARY:
+        await send(await handler.handler(request, call))
+    else:
+        await handler.handler(request, call, send)
 
 
 def _run_sync(call: ServerCall, handler: MethodHandler[Any, Any], request: Any) -> None:

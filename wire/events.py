@@ -47,10 +47,15 @@ class RequestReceived:
 
 @dataclass(frozen=True, slots=True)
 class MessageReceived:
-    """One whole request message (decompressed) arrived."""
+    """One whole request message (decompressed) arrived.
+
+    ``credit`` is the flow-control window it holds closed until the I/O layer gives it back
+    (``ServerConnection.release_credit``); 0 unless the call holds credit.
+    """
 
     stream_id: int
     data: bytes
+    credit: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,11 @@ Only what a gRPC server needs is implemented:
 * Receive flow control: received DATA is accounted against the stream and connection windows
   (padding included) and the windows are reopened automatically once half of them has been
   consumed. The handler is expected to bound what it buffers itself (the gRPC layer decodes
-  messages as they come, with a size limit).
+  messages as they come, with a size limit). With ``manual_stream_credit`` a stream's window
+  reopens only as the handler gives its credit back (``acknowledge``, which sends the
+  WINDOW_UPDATE at once: the caller batches), so a consumer that stops reading keeps the
+  client's stream window shut; the connection window stays automatic, so one slow stream never
+  stalls the others.
 * Sending: header blocks are taken already HPACK-encoded (``encode_headers()`` writes literal
   fields *without indexing*, so the peer's dynamic table is never touched and a constant header
   list is the same bytes on every stream -- see ``HeaderBlockCache``); DATA leaves only within
@@ -314,8 +318,10 @@ class H2ServerCodec:
         initial_window_size: int,
         max_frame_size: int,
         connection_window_increment: int,
+        manual_stream_credit: bool = False,
     ) -> None:
         self._handler = handler
+        self._manual_stream_credit = manual_stream_credit
         self._on_request = handler.on_request
         self._on_data = handler.on_data
         self._out = bytearray()
@@ -467,6 +473,27 @@ class H2ServerCodec:
         st.local_closed = True
         if st.remote_closed:
             self._forget(sid, _CLOSED_CLEANLY)
+
+    def acknowledge(self, sid: int, length: int) -> None:
+        """Give back ``length`` of stream credit the handler consumed (``manual_stream_credit``).
+
+        Nothing for a stream that is gone or whose client side has ended: no more DATA can
+        come on it, so its window no longer matters.
+        """
+        st = self.streams.get(sid)
+        if st is None or st.remote_closed or length <= 0 or not self._manual_stream_credit:
+            return
+        # The caller batches: the window reopens at once.
+        self._frame(_WINDOW_UPDATE, 0, sid, _U32.pack(length))
+        st.recv_window += length
+
+    def _credit(self, sid: int, st: _Stream, length: int) -> None:
+        st.unacked += length
+        # One WINDOW_UPDATE per half window, not one per frame.
+        if st.unacked >= self._recv_initial >> 1:
+            self._frame(_WINDOW_UPDATE, 0, sid, _U32.pack(st.unacked))
+            st.recv_window += st.unacked
+            st.unacked = 0
 
     def reset_stream(self, sid: int, error_code: int) -> None:
         """RST_STREAM on an open stream (nothing on one already closed or never opened)."""
@@ -705,14 +732,10 @@ class H2ServerCodec:
             return
         if end_stream:
             st.remote_closed = True
-        elif length:
+        elif length and not self._manual_stream_credit:
             # Reopen the stream's window once half of it is used (nothing more will come
             # after END_STREAM, so then there is no point).
-            st.unacked += length
-            if st.unacked >= self._recv_initial >> 1:
-                self._frame(_WINDOW_UPDATE, 0, sid, _U32.pack(st.unacked))
-                st.recv_window += st.unacked
-                st.unacked = 0
+            self._credit(sid, st, length)
         self._on_data(sid, data, length, end_stream)
         if end_stream and st.local_closed and sid in self.streams:
             self._forget(sid, _CLOSED_CLEANLY)
@@ -727,11 +750,13 @@ class H2ServerCodec:
             raise self._connection_error(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
         pos = start
         end = start + length
+        if length < (flags & _PADDED and 1) + (flags & _PRIORITY_FLAG and 5):
+            # Section 4.2: a frame "too small to contain mandatory frame data" (the Pad
+            # Length byte, the five bytes of priority fields) is a FRAME_SIZE_ERROR, whatever
+            # its padding says; checked before the padding, as h2 does.
+            raise self._connection_error(ErrorCode.FRAME_SIZE_ERROR,
+                                         "HEADERS too short for its padding and priority fields")
         if flags & _PADDED:
-            if length < 1:
-                # Section 4.2: a frame "too small to contain mandatory frame data".
-                raise self._connection_error(ErrorCode.FRAME_SIZE_ERROR,
-                                             "HEADERS too short for padding")
             pad = buf[pos]
             pos += 1
             if pad >= length:
@@ -742,11 +767,6 @@ class H2ServerCodec:
                                              "HEADERS padding too long")
             end -= pad
         if flags & _PRIORITY_FLAG:
-            if length - (pos - start) < 5:
-                # Section 4.2: the frame is "too small to contain mandatory frame data" (the
-                # five bytes of priority fields), whatever its padding says.
-                raise self._connection_error(ErrorCode.FRAME_SIZE_ERROR,
-                                             "HEADERS too short for priority fields")
             # Section 5.3.2: "This update to HTTP/2 deprecates the priority signaling defined
             # in RFC 7540"; what it keeps of the fields is their layout (sections 6.2, 6.3).
             # RFC 7540's "A stream cannot depend on itself ... stream error of type

@@ -1,7 +1,7 @@
 """How an application describes its methods to the server.
 
 A method is a path (``/package.Service/Method``, case-sensitive) bound to a handler, a request
-deserializer and a response serializer. Four handler shapes exist:
+deserializer and a response serializer. Six handler shapes exist:
 
 * unary, async: ``async def handler(request, call) -> response``; runs in its own task, under a
   cancel scope carrying the call's deadline.
@@ -15,13 +15,23 @@ deserializer and a response serializer. Four handler shapes exist:
   (``call.send``, ``call.finish``, ``call.on_writable``, ``call.on_close``; see
   ``wire.calls.PushCall``). No task exists per call, so thousands of idle streams (health
   Watch) cost little memory.
+* client streaming, async: ``async def handler(requests, call) -> response``; ``requests`` is
+  an async iterator of request messages (``async for request in requests``) that ends when the
+  client half-closes. The client's flow-control window reopens only as the handler consumes
+  messages, so a client sending faster than the handler reads is held back by HTTP/2.
+* bidi streaming, async: ``async def handler(requests, call, send)``; both at once: requests
+  are pulled as above while responses go out through ``await send(response)``, interleaved in
+  any order the handler likes.
+
+Every async shape runs in a task of its own under a cancel scope carrying the call's deadline;
+a client reset or the deadline cancels it.
 """
 
 from __future__ import annotations
 
 import enum
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -30,12 +40,16 @@ if TYPE_CHECKING:
     from .calls import PushCall, ServerCall
 
 __all__ = [
+    "BidiHandler",
+    "ClientStreamHandler",
     "MethodHandler",
     "MethodKind",
     "PushStart",
     "StreamHandler",
     "SyncUnaryHandler",
     "UnaryHandler",
+    "stream_stream",
+    "stream_unary",
     "unary_stream",
     "unary_stream_push",
     "unary_unary",
@@ -48,6 +62,10 @@ UnaryHandler = Callable[[Req, "ServerCall"], Awaitable[Resp]]
 SyncUnaryHandler = Callable[[Req, "ServerCall"], Resp]
 StreamHandler = Callable[[Req, "ServerCall", Callable[[Resp], Awaitable[None]]], Awaitable[None]]
 PushStart = Callable[[Req, "PushCall"], None]
+ClientStreamHandler = Callable[[AsyncIterator[Req], "ServerCall"], Awaitable[Resp]]
+BidiHandler = Callable[
+    [AsyncIterator[Req], "ServerCall", Callable[[Resp], Awaitable[None]]], Awaitable[None]
+]
 
 
 class MethodKind(enum.Enum):
@@ -61,6 +79,10 @@ class MethodKind(enum.Enum):
     UNARY_STREAM = "unary_stream"
     #: One request, a stream of responses pushed through the call's sync methods; no task.
     UNARY_STREAM_PUSH = "unary_stream_push"
+    #: A stream of requests, one response, from an async handler running in its own task.
+    STREAM_UNARY = "stream_unary"
+    #: Streams both ways, from an async handler running in its own task.
+    STREAM_STREAM = "stream_stream"
 
 
 @dataclass(frozen=True)
@@ -81,7 +103,13 @@ class MethodHandler(Generic[Req, Resp]):
     @property
     def server_streaming(self) -> bool:
         """True for methods that send a stream of responses (whatever runs them)."""
-        return self.kind in (MethodKind.UNARY_STREAM, MethodKind.UNARY_STREAM_PUSH)
+        return self.kind in (MethodKind.UNARY_STREAM, MethodKind.UNARY_STREAM_PUSH,
+                             MethodKind.STREAM_STREAM)
+
+    @property
+    def client_streaming(self) -> bool:
+        """True for methods that take a stream of requests (pulled by the handler)."""
+        return self.kind in (MethodKind.STREAM_UNARY, MethodKind.STREAM_STREAM)
 
 
 def _is_async(handler: Callable[..., Any]) -> bool:
@@ -139,4 +167,34 @@ def unary_stream_push(
     ``RpcError`` from ``start`` ends the call with that status, as for any handler.
     """
     return MethodHandler(path, MethodKind.UNARY_STREAM_PUSH, start, request_deserializer,
+                         response_serializer)
+
+
+def stream_unary(
+    path: str,
+    handler: ClientStreamHandler[Req, Resp],
+    request_deserializer: Callable[[bytes], Req],
+    response_serializer: Callable[[Resp], bytes],
+) -> MethodHandler[Req, Resp]:
+    """Describe a method taking a stream of requests and returning one response.
+
+    ``handler(requests, call)`` iterates ``requests`` with ``async for`` (the iteration ends at
+    the client's half-close) and returns the response.
+    """
+    return MethodHandler(path, MethodKind.STREAM_UNARY, handler, request_deserializer,
+                         response_serializer)
+
+
+def stream_stream(
+    path: str,
+    handler: BidiHandler[Req, Resp],
+    request_deserializer: Callable[[bytes], Req],
+    response_serializer: Callable[[Resp], bytes],
+) -> MethodHandler[Req, Resp]:
+    """Describe a bidi-streaming method: ``handler(requests, call, send)``.
+
+    Requests are pulled with ``async for`` as in ``stream_unary``; responses go out with
+    ``await send(response)``, in any interleaving.
+    """
+    return MethodHandler(path, MethodKind.STREAM_STREAM, handler, request_deserializer,
                          response_serializer)

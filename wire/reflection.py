@@ -18,6 +18,11 @@ a known type without extensions is an empty list (NOT_FOUND only for an unknown 
 with no kind set ends the whole call with INVALID_ARGUMENT (``RpcError``), as grpc-go returns
 that status from the handler rather than answering it.
 
+Serving it: ``add_reflection(server)`` registers ``ServerReflectionInfo`` of both versions as
+bidi handlers (``wire.handlers.stream_stream``) answered from one registry, and lists the two
+reflection services in it; the application then adds its own services to the registry it
+returns (``add_service``, ``add_file_descriptor``, ``add_pool_service``).
+
 v1 and v1alpha messages have the same field names, numbers and types (a test compares their
 descriptors), so their encodings are identical and one set of classes (v1's) decodes and
 encodes both; only the method path differs.
@@ -26,9 +31,9 @@ encodes both; only the method path differs.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
@@ -38,7 +43,13 @@ from google.protobuf.message import DecodeError
 from ._reflection_pb2 import v1 as _v1
 from ._reflection_pb2 import v1alpha as _v1alpha
 from .errors import RpcError
+from .handlers import MethodHandler, stream_stream
 from .status import StatusCode
+
+if TYPE_CHECKING:
+    # Types only: this module stays sans-I/O (the server side imports Trio).
+    from .calls import ServerCall
+    from .server import Server
 
 __all__ = [
     "METHOD_PATHS",
@@ -50,6 +61,8 @@ __all__ = [
     "ReflectionRegistry",
     "ReflectionStream",
     "ReflectionVersion",
+    "add_reflection",
+    "reflection_handlers",
     "serve_reflection_stream",
 ]
 
@@ -367,3 +380,46 @@ async def serve_reflection_stream(
     stream = ReflectionStream(registry, version)
     async for request in requests:
         await send(stream.handle(request))
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def reflection_handlers(
+    registry: ReflectionRegistry, versions: tuple[ReflectionVersion, ...] = ("v1", "v1alpha")
+) -> list[MethodHandler[bytes, bytes]]:
+    """The ``ServerReflectionInfo`` method of each version, answered from ``registry``."""
+    handlers: list[MethodHandler[bytes, bytes]] = []
+    for version in versions:
+        if version not in METHOD_PATHS:
+            raise ValueError(f"unknown reflection version {version!r}; use 'v1' or 'v1alpha'")
+
+        async def info(requests: AsyncIterator[bytes], call: ServerCall,
+                       send: Callable[[bytes], Awaitable[None]], *,
+                       version: ReflectionVersion = version) -> None:
+            await serve_reflection_stream(requests, send, registry, version)
+
+        handlers.append(stream_stream(METHOD_PATHS[version], info, _identity, _identity))
+    return handlers
+
+
+def add_reflection(
+    server: Server,
+    registry: ReflectionRegistry | None = None,
+    *,
+    versions: tuple[ReflectionVersion, ...] = ("v1", "v1alpha"),
+) -> ReflectionRegistry:
+    """Serve gRPC server reflection on ``server``; return the registry it answers from.
+
+    Registers ``ServerReflectionInfo`` of each version (grpcurl 1.8 speaks v1alpha; newer
+    clients try v1 first) and lists the reflection services themselves. Add your services to
+    the returned registry: ``registry.add_service(descriptor)`` for a ``ServiceDescriptor``
+    (its file and imports come along), or ``add_file_descriptor(serialized)`` plus
+    ``add_service(name)``.
+    """
+    if registry is None:
+        registry = ReflectionRegistry()
+    server.add_handlers(reflection_handlers(registry, versions))
+    registry.add_reflection_services(versions)
+    return registry

@@ -41,6 +41,9 @@ FOUND = [
     "9543f3f2ed5a89dad575d73c44b8d38623f66e5fb31f91e300fa1f024b1e74236937a85d8c0ae63fac2fa317"
     "5fc18d4ea49890be3ff72fbfb5e39235bc7ac33beb1ee6200fc7bc24fcd5a6a321c3728316776210a68742b2"
     "6f88",
+    # A 1-byte HEADERS with PADDED and PRIORITY: FRAME_SIZE_ERROR on both (section 4.2, too
+    # small for its mandatory fields; native said PROTOCOL_ERROR, judging the padding first).
+    b"\x0f\x01(\x00\x01\x01".hex(),
 ]
 
 

@@ -69,7 +69,8 @@ def test_empty_file_gives_the_serve_defaults() -> None:
     assert config == SidecarConfig()
     assert config.arg_defaults() == {"host": "127.0.0.1", "port": 50051, "unix": None,
                                      "admin_port": None, "grace": 5.0, "list_limit": 100,
-                                     "metrics": False, "tls_cert": None, "tls_key": None,
+                                     "metrics": False, "reflection": True,
+                                     "tls_cert": None, "tls_key": None,
                                      "tls_client_ca": None, "require_client_cert": False}
     assert config.initial_statuses() == {}
 

@@ -191,8 +191,8 @@ async def test_drain_one_connection(server: Server, service: WireService,
             [info] = [s.info for s in server.connection_stats() if s.calls]
             assert server.drain_connection(info)
             await trio.testing.wait_all_tasks_blocked()
-            # RFC 9113 section 6.8: a first GOAWAY with 2^31-1 and a PING, then the final one
-            # naming the last stream once the (auto-answered) ack is back.
+            # The two-step drain (RFC 9113 section 6.8): GOAWAY 2^31-1 and a PING, then,
+            # after the ack, the GOAWAY naming the last stream accepted.
             assert [(g.error_code, g.last_stream_id) for g in client.goaways] == [
                 (0, 2**31 - 1), (0, sid)]
             assert other.goaways == []

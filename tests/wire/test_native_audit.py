@@ -25,6 +25,7 @@ from hyperframe.frame import Frame, GoAwayFrame, RstStreamFrame, WindowUpdateFra
 from wire import Server, ServerConfig, ServerConnection
 from wire.h2codec import PROTOCOL_ERROR as OLD_NAME_PROTOCOL_ERROR
 from wire.h2codec import H2ConnectionError, H2ServerCodec
+from wire.http2 import EngineName
 from wire.status import ErrorCode
 from wire.tls import HTTP2_TLS12_CIPHERS, client_context, server_context
 
@@ -234,11 +235,11 @@ def test_native_unknown_frame_type_on_idle_stream_is_ignored() -> None:
     assert not codec.closed
 
 
-async def test_native_server_ends_connection_on_data_for_idle_even_stream() -> None:
-    # The finding as reproduced: raw frames over loopback TCP to a running server (today's
-    # Server always serves with the native codec). DATA on stream 2 after stream 3 used to
-    # get RST_STREAM(STREAM_CLOSED); it must end the connection with PROTOCOL_ERROR.
-    server = Server(WireService().handlers())
+async def test_server_ends_connection_on_data_for_idle_even_stream(http2: EngineName) -> None:
+    # The finding as reproduced: raw frames over loopback TCP to a running server, on both
+    # engines. DATA on stream 2 after stream 3 used to get RST_STREAM(STREAM_CLOSED) from the
+    # native codec; it must end the connection with PROTOCOL_ERROR.
+    server = Server(WireService().handlers(), http2=http2)
     async with trio.open_nursery() as nursery:
         addr = await nursery.start(lambda task_status: server.serve_tcp(
             "127.0.0.1", 0, task_status=task_status))
@@ -397,8 +398,7 @@ def test_native_priority_frame_depending_on_itself_is_ignored(exclusive: bool) -
 
 
 def test_native_server_connection_serves_self_dependent_headers() -> None:
-    # The same through the gRPC layer: the call runs to its end (on the native engine; h2
-    # refuses self-dependency, the README's engine table lists it).
+    # The same through the gRPC layer: the call runs to its end.
     conn = ServerConnection(ServerConfig(http2="native"))
     conn.receive_data(PREFACE + settings_frame())
     conn.data_to_send()
@@ -455,8 +455,8 @@ def _tls12_client(pki: dict[str, Any], ciphers: str) -> ssl.SSLContext:
 
 
 @pytest.fixture
-async def tls_server(pki: dict[str, Any]) -> AsyncIterator[int]:
-    server = Server(WireService().handlers())
+async def tls_server(pki: dict[str, Any], http2: EngineName) -> AsyncIterator[int]:
+    server = Server(WireService().handlers(), http2=http2)
     async with trio.open_nursery() as nursery:
         addr = await nursery.start(lambda task_status: server.serve_tcp(
             "127.0.0.1", 0, ssl_context=server_context(pki["cert"], pki["key"]),

@@ -421,18 +421,19 @@ _requests = st.one_of(
 @given(st.lists(_requests, max_size=8))
 def test_any_bytes_get_a_response_or_a_status(requests: list[bytes]) -> None:
     stream = ReflectionStream(_REGISTRY_FOR_FUZZ, "v1alpha")
-    codes: list[StatusCode] = []
     for data in requests:
+        failed: StatusCode | None = None
         try:
             answer = stream.handle(data)
         except RpcError as exc:
-            codes.append(exc.code)
+            failed = exc.code
+        if failed is not None:
+            assert failed in (StatusCode.INTERNAL, StatusCode.INVALID_ARGUMENT)
             continue
         response = v1alpha.ServerReflectionResponse.FromString(answer)
         assert response.original_request == v1alpha.ServerReflectionRequest.FromString(data)
         assert response.WhichOneof("message_response") is not None
         assert stream.sent_files <= set(_REGISTRY_FOR_FUZZ.file_names)
-    assert set(codes) <= {StatusCode.INTERNAL, StatusCode.INVALID_ARGUMENT}
 
 
 def test_unknown_version_is_refused(registry: ReflectionRegistry) -> None:

@@ -31,6 +31,12 @@ types it handles itself) and enforces:
 The GOAWAY frames are written here, not by h2: after sending GOAWAY h2 refuses to send anything
 more, and a graceful drain keeps answering the streams in flight.
 
+Receive flow control is split as grpc-go splits it: the connection window reopens here as DATA
+arrives (half a window at a time), while a stream's window reopens only as the gRPC layer gives
+its credit back (``acknowledge_data``), so a handler that does not read shuts its own stream and
+never the connection. h2's own automatic acknowledgement (``acknowledge_received_data``) is not
+used: it would tie the two windows together.
+
 Frames reach h2 whole: bytes of an incomplete frame wait here for the rest. Events are handed to
 the handler right after the h2 call that produced them, in order, so the handler sees the
 connection as those frames left it.
@@ -227,6 +233,10 @@ class H2Engine:
         conn.initiate_connection()
         if limits.connection_window_increment > 0:
             conn.increment_flow_control_window(limits.connection_window_increment)
+        # Connection credit consumed since our last connection WINDOW_UPDATE, and the size
+        # at which to send one (half the connection window).
+        self._conn_unacked = 0
+        self._conn_credit_batch = (65535 + max(limits.connection_window_increment, 0)) // 2
         self._block_limit = limits.header_block_limit
         self._max_frame_size = limits.max_frame_size
         self._out = bytearray()
@@ -346,8 +356,14 @@ class H2Engine:
         _remember(self._reset_by_us, stream_id, True)
 
     def acknowledge_data(self, stream_id: int, flow_length: int) -> None:
-        if flow_length and not self._closed:
-            self._conn.acknowledge_received_data(flow_length, stream_id)
+        # The stream's window only (the connection's reopened on arrival); not once the client
+        # has ended its side: no more DATA can come on it.
+        if flow_length <= 0 or self._closed or self.remote_closed(stream_id):
+            return
+        try:
+            self._conn.increment_flow_control_window(flow_length, stream_id=stream_id)
+        except (h2.exceptions.ProtocolError, ValueError):
+            pass  # the stream closed on h2's side, or its window would overflow 2^31-1
 
     def ping(self, opaque: bytes) -> None:
         if not self._closed:
@@ -672,6 +688,13 @@ class H2Engine:
 
     def _on_data(self, ev: h2.events.DataReceived) -> None:
         self._ended = ev.stream_ended
+        credit = ev.flow_controlled_length
+        if credit:
+            unacked = self._conn_unacked + credit
+            if unacked >= self._conn_credit_batch:
+                unacked = 0
+                self._conn.increment_flow_control_window(self._conn_unacked + credit)
+            self._conn_unacked = unacked
         self._handler.on_data(ev.stream_id, ev.data, ev.flow_controlled_length,
                               ev.stream_ended is not None)
 

@@ -15,8 +15,10 @@ Both engines report the same facts with the same meaning:
   reset with PROTOCOL_ERROR (section 8.1.1: a stream error). An engine may instead end the
   whole connection for some malformed requests (see the README's engine table).
 * ``on_data`` carries the payload and ``flow_length``, the flow-control credit the frame used
-  (padding included). The engine's owner gives that credit back with ``acknowledge_data()`` once
-  it has consumed the bytes, which is what keeps a slow consumer's window shut.
+  (padding included). The engine reopens the *connection* window by itself as DATA arrives; the
+  owner gives the *stream's* credit back with ``acknowledge_data()`` once it has consumed the
+  bytes, which is what keeps a slow consumer's stream window shut without stalling the other
+  streams (as grpc-go splits the two windows).
 * A connection-level fault of the peer ends the connection inside ``receive_data()``: the
   GOAWAY with the RFC 9113 error code is already queued when ``RemoteProtocolError`` is raised,
   and every later call of ``receive_data()`` is ignored.
@@ -142,7 +144,8 @@ class Engine(Protocol):
         """RST_STREAM on an open stream (nothing on one closed or never opened)."""
 
     def acknowledge_data(self, stream_id: int, flow_length: int) -> None:
-        """Give back flow-control credit of received DATA the gRPC layer has consumed."""
+        """Reopen ``stream_id``'s receive window by ``flow_length`` consumed bytes (at once;
+        the gRPC layer batches). Nothing once the client can send no more on the stream."""
 
     def ping(self, opaque: bytes) -> None:
         """Send a PING carrying ``opaque`` (8 bytes)."""

@@ -5,9 +5,10 @@ this adapter only adds what the interface asks beyond it: header lists in (encod
 per process for constant ones), ``RemoteProtocolError`` out, GOAWAY naming any stream (the first
 GOAWAY of a graceful drain names 2^31-1), and PING acknowledgements reported to the handler.
 
-Flow control: the codec gives receive credit back by itself as DATA arrives (it reopens a window
-once half of it is used), so ``acknowledge_data()`` has nothing to do here; the gRPC layer bounds
-what it buffers with its message size limit.
+Flow control: the codec reopens the connection window by itself as DATA arrives (once half of
+it is used), and each stream's window as ``acknowledge_data()`` gives the credit back
+(``manual_stream_credit``), so a handler that does not read keeps its client's stream window
+shut, as under the h2 engine.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class _Codec(H2ServerCodec):
             initial_window_size=limits.initial_window_size,
             max_frame_size=limits.max_frame_size,
             connection_window_increment=limits.connection_window_increment,
+            manual_stream_credit=True,
         )
         self._ping_ack = handler.on_ping_ack
         self._last_goaway: int | None = None
@@ -112,8 +114,7 @@ class NativeEngine:
         self._codec.send_headers(stream_id, block, end_stream)
 
     def acknowledge_data(self, stream_id: int, flow_length: int) -> None:
-        # The codec has reopened the windows already (see the module docstring).
-        return
+        self._codec.acknowledge(stream_id, flow_length)
 
     def ping(self, opaque: bytes) -> None:
         self._codec.ping(opaque)
