@@ -16,8 +16,12 @@ Schema (every key optional unless marked required; unknown keys are errors, to c
     host = "127.0.0.1"          # gRPC listen address
     port = 50051                # 0 picks a free port
     unix = "/run/health.sock"   # listen on a Unix socket instead of TCP
-    admin_port = 8081           # HTTP/1.1 admin API on 127.0.0.1 (absent: no admin API)
+    admin_port = 8081           # HTTP/1.1 admin API (absent: no admin API)
+    admin_host = "127.0.0.1"    # the admin API's address (needs admin_port; default loopback)
+    admin_token_file = "token"  # bearer token for the admin API's mutating endpoints
     grace = 5.0                 # seconds calls in flight get on shutdown
+    shutdown_delay = 0.0        # seconds of NOT_SERVING (still answering) before the drain
+    http2 = "h2"                # HTTP/2 engine: "h2" (the h2 library) or "native"
     list_limit = 100            # most services List returns
     metrics = false             # GET /metrics on the admin port (needs admin_port)
     reflection = true           # gRPC server reflection (grpcurl list/describe); false: off
@@ -49,7 +53,8 @@ Schema (every key optional unless marked required; unknown keys are errors, to c
     #       about), tls = false, tls_ca (file; implies tls)
     # any check: interval, timeout, failure_threshold, success_threshold (override defaults)
 
-Relative file paths (TLS files, ``tls_ca``, ``cwd``) are relative to the config file's folder.
+Relative file paths (TLS files, ``admin_token_file``, ``tls_ca``, ``cwd``) are relative to the
+config file's folder.
 Errors read like ``health.toml:12: services."pkg.Service".checks[0].port: must be an integer
 between 1 and 65535, got 'x'``. Syntax errors carry tomllib's line; for semantic errors the
 line is found by scanning the text for the key (best effort: a key written inside an inline
@@ -66,8 +71,10 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
+
+from wire.http2 import ENGINES, EngineName
 
 from ._moved import moved_names
 from ._toml_lines import KeyPath, format_key, key_lines
@@ -95,6 +102,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 __all__ = [
     "CHECK_TYPES",
     "FLAG_SETTINGS",
+    "HTTP2_ENGINES",
+    "SETTABLE_STATUSES",
     "CheckConfig",
     "CommandProbeConfig",
     "ConfigError",
@@ -108,14 +117,18 @@ __all__ = [
     "TlsConfig",
     "load_config",
     "parse_config",
+    "parse_settable_status",
 ]
 
 CHECK_TYPES = ("tcp", "http", "command", "grpc")
 
 #: The SidecarConfig fields that ``serve`` flags of the same name (``--admin-port`` ->
 #: ``admin_port``) also set; the flag wins over the file.
-FLAG_SETTINGS = ("host", "port", "unix", "admin_port", "grace", "list_limit", "metrics",
-                 "reflection")
+FLAG_SETTINGS = ("host", "port", "unix", "admin_port", "admin_host", "admin_token_file", "grace",
+                 "shutdown_delay", "list_limit", "metrics", "reflection", "http2")
+
+#: The HTTP/2 engines ``server.http2`` and ``serve --http2`` choose from.
+HTTP2_ENGINES: tuple[EngineName, ...] = ENGINES
 
 
 # Running a config moved to health.sidecar; resolved lazily so that this module stays pure.
@@ -136,6 +149,24 @@ class ConfigError(HealthError):
         self.key = key
         self.line = line
         self.reason = message
+
+
+#: The statuses a service can be given (SERVICE_UNKNOWN is what Watch says of no service).
+SETTABLE_STATUSES = ("SERVING", "NOT_SERVING", "UNKNOWN")
+
+
+def parse_settable_status(value: str | int) -> ServingStatus:
+    """A status name or number a service may be set to; InvalidStatusError otherwise."""
+    try:
+        status = parse_status(value)
+    except InvalidStatusError:
+        # parse_status lists every member; SERVICE_UNKNOWN is refused here, so not offered.
+        raise InvalidStatusError(f"not a serving status name: {value!r} (expected one of "
+                                 f"{', '.join(SETTABLE_STATUSES)})") from None
+    if status is ServingStatus.SERVICE_UNKNOWN:
+        raise InvalidStatusError("SERVICE_UNKNOWN cannot be set; it is Watch-only "
+                                 f"(expected one of {', '.join(SETTABLE_STATUSES)})")
+    return status
 
 
 # ------------------------------------------------------------------------- results
@@ -266,9 +297,14 @@ class SidecarConfig:
     port: int = 50051
     unix: str | None = None
     admin_port: int | None = None
+    #: The admin API's address; None means 127.0.0.1 (set only to open it wider).
+    admin_host: str | None = None
+    admin_token_file: Path | None = None
     grace: float = 5.0
+    shutdown_delay: float = 0.0
     list_limit: int = DEFAULT_LIST_LIMIT
     metrics: bool = False
+    http2: EngineName = "h2"
     #: Serve gRPC server reflection describing the Health service (``--no-reflection``: off).
     reflection: bool = True
     aggregate: bool = True
@@ -406,6 +442,14 @@ class _Table:
             raise self.error(key, f"file not found: {str(path)!r}")
         return path
 
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        """A string among ``choices``."""
+        value = self.string(key, default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(map(repr, choices))}, "
+                                  f"got {value!r}")
+        return str(value)
+
     def table(self, key: str) -> _Table:
         """A sub-table (empty if absent)."""
         value = self.get(key)
@@ -469,15 +513,26 @@ class _Loader:
         port = server.integer("port", 50051, 0, 65535)
         unix = server.string("unix", None)
         admin_port = server.integer("admin_port", None, 0, 65535)
+        admin_host = server.string("admin_host", None)
+        admin_token_file = server.file("admin_token_file")
         grace = server.number("grace", 5.0, positive=False)
+        shutdown_delay = server.number("shutdown_delay", 0.0, positive=False)
         list_limit = server.integer("list_limit", DEFAULT_LIST_LIMIT, 0)
         metrics = server.boolean("metrics", False)
+        http2 = cast("EngineName", server.choice("http2", "h2", HTTP2_ENGINES))
         reflection = server.boolean("reflection", True)
         aggregate = server.boolean("aggregate", True)
         tls = self._tls(server)
         server.finish()
+        # admin_host and admin_token_file without admin_port are refused by ``serve`` once
+        # its flags are applied (--admin-port may come from the command line).
         if metrics and admin_port is None:
             raise server.error("metrics", "metrics are served on the admin port: set admin_port")
+        if unix is not None and "port" in server.data:
+            raise server.error("unix", "listens instead of port: set one of them, not both")
+        if admin_host == "" or host == "":
+            raise server.error("host" if host == "" else "admin_host",
+                               "must not be empty (0.0.0.0 or :: listens everywhere)")
 
         check_defaults = {
             "interval": defaults.number("interval", DEFAULT_INTERVAL, positive=True),
@@ -497,8 +552,10 @@ class _Loader:
         services_table.finish()
         return SidecarConfig(
             path=Path(self.file) if self.file else None, host=host, port=port, unix=unix,
-            admin_port=admin_port, grace=grace, list_limit=list_limit, metrics=metrics,
-            reflection=reflection, aggregate=aggregate, tls=tls, services=tuple(services))
+            admin_port=admin_port, admin_host=admin_host, admin_token_file=admin_token_file,
+            grace=grace, shutdown_delay=shutdown_delay, list_limit=list_limit, metrics=metrics,
+            http2=http2, reflection=reflection, aggregate=aggregate, tls=tls,
+            services=tuple(services))
 
     def _tls(self, server: _Table) -> TlsConfig | None:
         cert = server.file("tls_cert")
@@ -527,11 +584,9 @@ class _Loader:
             try:
                 if not isinstance(status_text, str):
                     raise InvalidStatusError(f"must be a status name, got {status_text!r}")
-                status = parse_status(status_text)
+                status = parse_settable_status(status_text)
             except InvalidStatusError as exc:
                 raise table.error("status", str(exc)) from None
-            if status is ServingStatus.SERVICE_UNKNOWN:
-                raise table.error("status", "SERVICE_UNKNOWN cannot be set; it is Watch-only")
         raw_checks = table.get("checks")
         checks: list[CheckConfig] = []
         if raw_checks is not _MISSING:

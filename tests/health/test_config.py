@@ -41,7 +41,8 @@ def test_example_loads() -> None:
     config = load_config(EXAMPLE)
     assert config.port == 50051
     assert config.admin_port == 8081
-    assert config.metrics is True
+    # On a base install: metrics need the extra, which the example says how to add.
+    assert config.metrics is False
     names = {s.name: s for s in config.services}
     assert names["example.Static"].status is SERVING
     assert names["example.Static"].checks == ()
@@ -68,8 +69,10 @@ def test_empty_file_gives_the_serve_defaults() -> None:
     config = parse_config("")
     assert config == SidecarConfig()
     assert config.arg_defaults() == {"host": "127.0.0.1", "port": 50051, "unix": None,
-                                     "admin_port": None, "grace": 5.0, "list_limit": 100,
-                                     "metrics": False, "reflection": True,
+                                     "admin_port": None, "admin_host": None,
+                                     "admin_token_file": None, "grace": 5.0,
+                                     "shutdown_delay": 0.0, "list_limit": 100,
+                                     "metrics": False, "http2": "h2", "reflection": True,
                                      "tls_cert": None, "tls_key": None,
                                      "tls_client_ca": None, "require_client_cert": False}
     assert config.initial_statuses() == {}
@@ -344,3 +347,38 @@ def test_require_client_cert_needs_the_ca(tmp_path: Path) -> None:
                 "require_client_cert = true\n", tmp_path)
     assert (error.key, error.line) == ("server.require_client_cert", 4)
     assert "needs tls_client_ca" in error.reason
+
+
+def test_cluster_settings(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("s3cret\n")
+    config = parse_config("""
+[server]
+admin_port = 8081
+admin_host = "0.0.0.0"
+admin_token_file = "token"
+shutdown_delay = 5
+http2 = "native"
+""", base=tmp_path)
+    assert (config.admin_host, config.admin_token_file) == ("0.0.0.0", tmp_path / "token")
+    assert (config.shutdown_delay, config.http2) == (5.0, "native")
+    defaults = config.arg_defaults()
+    assert (defaults["admin_host"], defaults["shutdown_delay"], defaults["http2"]) == (
+        "0.0.0.0", 5.0, "native")
+
+
+@pytest.mark.parametrize(("text", "key", "why"), [
+    ("[server]\nhttp2 = 'h3'\n", "server.http2", "must be one of 'h2', 'native', got 'h3'"),
+    ("[server]\nshutdown_delay = -1\n", "server.shutdown_delay", ">= 0"),
+    ("[server]\nadmin_port = 1\nadmin_token_file = 'nope'\n", "server.admin_token_file",
+     "file not found"),
+    ("[server]\nadmin_port = 1\nadmin_host = ''\n", "server.admin_host", "must not be empty"),
+    ("[server]\nhost = ''\n", "server.host", "must not be empty"),
+    ("[server]\nunix = 'x.sock'\nport = 1\n", "server.unix", "not both"),
+    ("[services.a]\nstatus = 'MAYBE'\n", "services.a.status",
+     "expected one of SERVING, NOT_SERVING, UNKNOWN"),
+])
+def test_bad_cluster_settings(tmp_path: Path, text: str, key: str, why: str) -> None:
+    error = bad(text, tmp_path)
+    assert error.key == key
+    assert why in error.reason
+    assert "SERVICE_UNKNOWN" not in str(error)

@@ -89,4 +89,4 @@ async def test_serve_tls_flag_errors(tmp_path: Path, pki: dict[str, str]) -> Non
     code, err = await run("--tls-cert", pki["server_cert"], "--tls-key", pki["server_key"],
                           "--require-client-cert")
     assert code == 2
-    assert "client_ca" in err
+    assert "--require-client-cert needs --tls-client-ca" in err

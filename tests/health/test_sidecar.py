@@ -15,7 +15,13 @@ import trio.testing
 
 from health import HealthServer, HealthState, ServingStatus
 from health.config import ConfigError, TlsConfig, load_config, parse_config
-from health.sidecar import SidecarProcess, build_check, build_runner, run_sidecar
+from health.sidecar import (
+    SidecarProcess,
+    StartupError,
+    build_check,
+    build_runner,
+    run_sidecar,
+)
 from wire import ServerConfig
 
 from .loopback import tcp_server
@@ -69,7 +75,7 @@ def test_the_process_refuses_a_bad_certificate(tmp_path: Path) -> None:
     (tmp_path / "cert.pem").write_text("x")
     config = parse_config("", base=tmp_path)
     bad_tls = TlsConfig(tmp_path / "cert.pem", None)
-    with pytest.raises(ValueError, match="certificate"):
+    with pytest.raises(StartupError, match=r"^--tls-cert: invalid certificate file .*cert\.pem"):
         SidecarProcess(type(config)(tls=bad_tls))
 
 
@@ -190,3 +196,32 @@ def test_metrics_without_prometheus_client_is_a_config_error(
     with pytest.raises(ConfigError, match=r"metrics need prometheus_client"):
         SidecarProcess(parse_config("[server]\nadmin_port = 0\nmetrics = true\n"))
 
+
+
+async def test_the_example_runs_on_a_base_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from health.client import HealthClient
+    from wire import open_channel
+
+    # None in sys.modules makes the import fail as if the extra were not installed.
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    monkeypatch.setitem(sys.modules, "health.metrics", None)
+    config = dataclasses.replace(load_config(EXAMPLE), port=0, admin_port=0)
+    process = SidecarProcess(config)
+    assert process.sidecar.metrics is None
+    assert process.admin is not None
+    announced = trio.Event()
+
+    def announce(line: str) -> None:
+        if line.startswith("admin"):
+            announced.set()
+
+    with trio.fail_after(REAL_TIMEOUT * 2):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(process.run, announce)
+            await announced.wait()
+            async with open_channel(f"127.0.0.1:{process.server.port}",
+                                    connect_timeout=REAL_TIMEOUT) as channel:
+                assert await HealthClient(channel).check("example.Static") is SERVING
+            process.stop.set()
