@@ -15,3 +15,9 @@ from wire import ServerConfig
 def server_config(http2: str) -> ServerConfig:
     """A default ``ServerConfig`` on the engine of this run (``dataclasses.replace`` it)."""
     return ServerConfig(http2=http2)
+
+
+@pytest.fixture
+def http2_flags(http2: str) -> tuple[str, ...]:
+    """The ``python -m health serve`` flags that select this run's engine."""
+    return ("--http2", http2)
