@@ -68,13 +68,13 @@ def client_bytes(requests: int, batch: int) -> tuple[bytes, list[bytes]]:
 
 
 def serve(start: bytes, batches: list[bytes], http2: str = "h2") -> tuple[int, int]:
-    from health.service import _RESPONSES, _parse_check_request
+    from health.protocol import check_response, parse_check_request
     from health.status import ServingStatus
     from wire.connection import ServerConfig, ServerConnection
     from wire.events import MessageReceived, RequestEnded
     from wire.status import StatusCode
 
-    response = _RESPONSES[ServingStatus.SERVING]
+    response = check_response(ServingStatus.SERVING)
     conn = ServerConnection(ServerConfig(http2=http2))  # type: ignore[arg-type]
     conn.receive_data(start)
     sent = len(conn.data_to_send())
@@ -85,7 +85,7 @@ def serve(start: bytes, batches: list[bytes], http2: str = "h2") -> tuple[int, i
             if isinstance(ev, MessageReceived):
                 requests[ev.stream_id] = ev.data
             elif isinstance(ev, RequestEnded):
-                _parse_check_request(requests.pop(ev.stream_id))
+                parse_check_request(requests.pop(ev.stream_id))
                 conn.send_message(ev.stream_id, response)
                 conn.send_status(ev.stream_id, StatusCode.OK)
                 answered += 1

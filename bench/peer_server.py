@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
 from typing import Any
 
@@ -96,9 +97,10 @@ async def _run_grpclib(host: str, port: int, services: list[tuple[str, str]]) ->
         checks[OVERALL] = []
     health = Health(checks)
     server = Server([health])
-    await server.start(host, port)
-    assert server._server is not None
-    bound = server._server.sockets[0].getsockname()[1]
+    # Bound here so the port is known without reading grpclib's private asyncio server.
+    sock = socket.create_server((host, port))
+    await server.start(sock=sock)
+    bound = sock.getsockname()[1]
     print(f"listening {bound} grpclib.health.service.Health on grpclib.server.Server", flush=True)
 
     def handle(name: str, status: str) -> None:

@@ -574,6 +574,48 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}"
 
 
+def _render_env(results: dict[str, Any]) -> list[str]:
+    """The run's environment and configuration."""
+    env = results["env"]
+    cfg = results["config"]
+    lines = ["# Health server benchmarks", ""]
+    pv = env.get("peer_versions", {})
+    ov = env["ours_versions"]
+    lines += [
+        f"- Date: {env['date']}",
+        f"- CPU: {env['cpu']} ({env['cores']} cores), Linux {env['kernel']}, "
+        f"load average at start {env['loadavg_start']:.2f}, at end {env.get('loadavg_end', 0):.2f}",
+        f"- Python {env['python']} (ours; trio {ov['trio']}, h2 {ov['h2']}, hpack {ov['hpack']}, "
+        f"protobuf {ov['protobuf']})"
+        + (f"; peers: Python {pv.get('python')}, grpclib {pv.get('grpclib')}, grpcio "
+           f"{pv.get('grpcio')}, grpcio-health-checking {pv.get('grpcio-health-checking')}, "
+           f"protobuf {pv.get('protobuf')}" if pv else ""),
+        f"- Load generator: {env['h2load']}; commit {env['commit']}"
+        + (" (wire/ or health/ had uncommitted changes)" if env["dirty"] else ""),
+        f"- Mode: {'quick (smoke run, not representative)' if cfg['quick'] else 'full'}; "
+        f"{cfg['requests']:,} Check requests a run, median of {cfg['runs']} run(s) after a "
+        f"{cfg['warmup']:,}-request warm-up; every server alone on 127.0.0.1"
+        + (f"; servers and clients under nice -n {cfg['nice']}" if cfg.get("nice") is not None
+           else ""),
+        "",
+        "Servers:",
+        "",
+    ]
+    return lines
+
+
+def _render_servers(results: dict[str, Any]) -> list[str]:
+    """One bullet per server, with its verification or error."""
+    lines: list[str] = []
+    for kind, info in results["servers"].items():
+        lines.append(f"- **{kind}**: {info['description']}")
+        if info.get("verified"):
+            lines.append(f"  - verified: {info['verified']}")
+        if info.get("error"):
+            lines.append(f"  - **error**: {info['error']}")
+    return lines
+
+
 def _usable(result: dict[str, Any] | None) -> dict[str, Any] | None:
     """A measurement that can be compared: present and not failed."""
     return result if result and "error" not in result else None
@@ -611,121 +653,111 @@ def _ratio_tables(kinds: list[str],
     return lines
 
 
-def render(results: dict[str, Any]) -> str:
-    env = results["env"]
-    cfg = results["config"]
-    lines = ["# Health server benchmarks", ""]
-    pv = env.get("peer_versions", {})
-    ov = env["ours_versions"]
-    lines += [
-        f"- Date: {env['date']}",
-        f"- CPU: {env['cpu']} ({env['cores']} cores), Linux {env['kernel']}, "
-        f"load average at start {env['loadavg_start']:.2f}, at end {env.get('loadavg_end', 0):.2f}",
-        f"- Python {env['python']} (ours; trio {ov['trio']}, h2 {ov['h2']}, hpack {ov['hpack']}, "
-        f"protobuf {ov['protobuf']})"
-        + (f"; peers: Python {pv.get('python')}, grpclib {pv.get('grpclib')}, grpcio "
-           f"{pv.get('grpcio')}, grpcio-health-checking {pv.get('grpcio-health-checking')}, "
-           f"protobuf {pv.get('protobuf')}" if pv else ""),
-        f"- Load generator: {env['h2load']}; commit {env['commit']}"
-        + (" (wire/ or health/ had uncommitted changes)" if env["dirty"] else ""),
-        f"- Mode: {'quick (smoke run, not representative)' if cfg['quick'] else 'full'}; "
-        f"{cfg['requests']:,} Check requests a run, median of {cfg['runs']} run(s) after a "
-        f"{cfg['warmup']:,}-request warm-up; every server alone on 127.0.0.1"
-        + (f"; servers and clients under nice -n {cfg['nice']}" if cfg.get("nice") is not None
-           else ""),
-        "",
-        "Servers:",
-        "",
-    ]
-    for kind, info in results["servers"].items():
-        lines.append(f"- **{kind}**: {info['description']}")
-        if info.get("verified"):
-            lines.append(f"  - verified: {info['verified']}")
-        if info.get("error"):
-            lines.append(f"  - **error**: {info['error']}")
+def _render_check(results: dict[str, Any]) -> list[str]:
+    """The unary Check table and the ratios of ours to each peer."""
     kinds = list(results["servers"])
     check = results.get("check", {})
-    if check:
-        lines += ["", "## Unary Check (h2load)", "",
-                  "CPU is the server process's utime+stime (all threads) over the run divided "
-                  "by the requests; latency is h2load's per-request time from its log file; "
-                  "*server CPU %* is that CPU time over the run's wall time (100 = one core "
-                  "busy); *runnable, no CPU %* is the time its threads were ready to run but "
-                  "waited for a CPU (schedstat), over the wall time: a large value means other "
-                  "load on the machine starved it, and its req/s and latency are not its "
-                  "capacity (CPU/request still is).", "",
-                  "| c x m | server | req/s | p50 ms | p99 ms | server CPU µs/req | server CPU % "
-                  "| runnable, no CPU % |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
-        for point in [f"{c}x{m}" for c, m in POINTS]:
-            for kind in kinds:
-                r = check.get(kind, {}).get(point)
-                if r is None:
-                    continue
-                if "error" in r:
-                    lines.append(f"| {point} | {kind} | failed: {r['error'][:80]} | | | | | |")
-                    continue
-                md = r["median"]
-                lines.append(f"| {point} | {kind} | {_fmt(md['rps'], 0)} | "
-                             f"{_fmt(md['p50_ms'], 2)} | {_fmt(md['p99_ms'], 2)} | "
-                             f"{_fmt(md['cpu_us'], 0)} | {_fmt(md['cpu_util'], 0)} | "
-                             f"{_fmt(md.get('cpu_wait'), 0)} |")
-        lines += _ratio_tables(
-            kinds, lambda kind, point: check.get(kind, {}).get(point, {}).get("median"),
-            [(f"{c}x{m}", f"{c}x{m}") for c, m in POINTS],
-            (("rps", "req/s"), ("cpu_us", "CPU/req"), ("p50_ms", "p50"), ("p99_ms", "p99")),
-            title="", intro=["Throughput: above 1 means ours is faster. CPU and latency: below 1 "
-                             "means ours is cheaper/quicker.", ""],
-            first_column=("c x m", "|---|"))
+    if not check:
+        return []
+    lines: list[str] = []
+    lines += ["", "## Unary Check (h2load)", "",
+              "CPU is the server process's utime+stime (all threads) over the run divided "
+              "by the requests; latency is h2load's per-request time from its log file; "
+              "*server CPU %* is that CPU time over the run's wall time (100 = one core "
+              "busy); *runnable, no CPU %* is the time its threads were ready to run but "
+              "waited for a CPU (schedstat), over the wall time: a large value means other "
+              "load on the machine starved it, and its req/s and latency are not its "
+              "capacity (CPU/request still is).", "",
+              "| c x m | server | req/s | p50 ms | p99 ms | server CPU µs/req | server CPU % "
+              "| runnable, no CPU % |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for point in [f"{c}x{m}" for c, m in POINTS]:
+        for kind in kinds:
+            r = check.get(kind, {}).get(point)
+            if r is None:
+                continue
+            if "error" in r:
+                lines.append(f"| {point} | {kind} | failed: {r['error'][:80]} | | | | | |")
+                continue
+            md = r["median"]
+            lines.append(f"| {point} | {kind} | {_fmt(md['rps'], 0)} | "
+                         f"{_fmt(md['p50_ms'], 2)} | {_fmt(md['p99_ms'], 2)} | "
+                         f"{_fmt(md['cpu_us'], 0)} | {_fmt(md['cpu_util'], 0)} | "
+                         f"{_fmt(md.get('cpu_wait'), 0)} |")
+    lines += _ratio_tables(
+        kinds, lambda kind, point: check.get(kind, {}).get(point, {}).get("median"),
+        [(f"{c}x{m}", f"{c}x{m}") for c, m in POINTS],
+        (("rps", "req/s"), ("cpu_us", "CPU/req"), ("p50_ms", "p50"), ("p99_ms", "p99")),
+        title="", intro=["Throughput: above 1 means ours is faster. CPU and latency: below 1 "
+                         "means ours is cheaper/quicker.", ""],
+        first_column=("c x m", "|---|"))
+    return lines
+
+
+def _render_watch(results: dict[str, Any]) -> list[str]:
+    """The Watch fan-out table and the ratios of ours to each peer."""
+    kinds = list(results["servers"])
+    cfg = results["config"]
     watch = results.get("watch", {})
-    if watch:
-        lines += ["", "## Watch fan-out", "",
-                  f"N watchers of one service over connections of {cfg['per_conn']} streams; one "
-                  "status change (SERVING -> NOT_SERVING via our admin API / the peers' own "
-                  "`set`). *Fan-out* is from just before the trigger to the moment the last "
-                  "watcher had the new status (first: the first watcher); *CPU* is the server's "
-                  "on-CPU time (schedstat, all threads) from the trigger to the last receipt; "
-                  "*RSS/watcher* is (VmRSS with N idle watchers - VmRSS before) / N.", "",
-                  "| N | server | setup s | fan-out ms | first ms | change CPU ms | "
-                  "CPU µs/watcher | RSS KiB/idle watcher | idle CPU % |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for n in cfg["watchers"]:
-            for kind in kinds:
-                r = watch.get(kind, {}).get(str(n))
-                if r is None:
-                    continue
-                if "error" in r:
-                    lines.append(f"| {n:,} | {kind} | failed: {r['error'][:80]} | | | | | | |")
-                    continue
-                lines.append(f"| {n:,} | {kind} | {_fmt(r['setup_s'], 2)} | "
-                             f"{_fmt(r['fanout_ms'], 1)} | {_fmt(r['first_ms'], 1)} | "
-                             f"{_fmt(r['change_cpu_ms'], 1)} | "
-                             f"{_fmt(r['change_cpu_us_per_watcher'], 1)} | "
-                             f"{_fmt(r['rss_per_watcher_kib'], 1)} | "
-                             f"{_fmt(r['idle_cpu_pct'], 1)} |")
-        lines += _ratio_tables(
-            kinds, lambda kind, n: _usable(watch.get(kind, {}).get(n)),
-            [(str(n), f"{n:,}") for n in cfg["watchers"]],
-            (("fanout_ms", "fan-out time"), ("change_cpu_ms", "change CPU"),
-             ("rss_per_watcher_kib", "RSS/idle watcher"), ("setup_s", "setup time")),
-            title=" (below 1: ours is quicker / smaller)", intro=[],
-            first_column=("N", "|---:|"))
-    lines += ["", "## Notes", "",
-              "- On this shared 2-core machine CPU/request moves by about ±10 % between full "
-              "runs (cache and hyper-thread contention), req/s and latency by more; compare "
-              "ratios within one run, and rerun before trusting a small difference.",
-              "- *runnable, no CPU %* sums over a process's threads: grpcio's threads also "
-              "wait for each other and for h2load on the 2 cores, so its value is high whatever "
-              "the outside load; for the single-threaded Python servers it measures how much "
-              "outside load (and h2load) took the CPU from them.",
-              "- grpcio runs with `grpc.server.max_pending_requests` (and its hard limit) "
-              "raised to 100,000: with the defaults (1,000 soft with random early rejection, "
-              "3,000 hard) grpc-core CANCELs Watch calls that arrive faster than the asyncio "
-              "loop accepts them — 2,000 Watch calls opened at once already fail.",
-              "- grpclib's `Health` keeps `\"\"` as the aggregate of all checks; each named "
-              "service is one `ServiceStatus`. Ours is changed through its admin API (one "
-              "HTTP/1.1 PUT), the peers through a command on their stdin.",
-              ""]
+    if not watch:
+        return []
+    lines: list[str] = []
+    lines += ["", "## Watch fan-out", "",
+              f"N watchers of one service over connections of {cfg['per_conn']} streams; one "
+              "status change (SERVING -> NOT_SERVING via our admin API / the peers' own "
+              "`set`). *Fan-out* is from just before the trigger to the moment the last "
+              "watcher had the new status (first: the first watcher); *CPU* is the server's "
+              "on-CPU time (schedstat, all threads) from the trigger to the last receipt; "
+              "*RSS/watcher* is (VmRSS with N idle watchers - VmRSS before) / N.", "",
+              "| N | server | setup s | fan-out ms | first ms | change CPU ms | "
+              "CPU µs/watcher | RSS KiB/idle watcher | idle CPU % |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in cfg["watchers"]:
+        for kind in kinds:
+            r = watch.get(kind, {}).get(str(n))
+            if r is None:
+                continue
+            if "error" in r:
+                lines.append(f"| {n:,} | {kind} | failed: {r['error'][:80]} | | | | | | |")
+                continue
+            lines.append(f"| {n:,} | {kind} | {_fmt(r['setup_s'], 2)} | "
+                         f"{_fmt(r['fanout_ms'], 1)} | {_fmt(r['first_ms'], 1)} | "
+                         f"{_fmt(r['change_cpu_ms'], 1)} | "
+                         f"{_fmt(r['change_cpu_us_per_watcher'], 1)} | "
+                         f"{_fmt(r['rss_per_watcher_kib'], 1)} | "
+                         f"{_fmt(r['idle_cpu_pct'], 1)} |")
+    lines += _ratio_tables(
+        kinds, lambda kind, n: _usable(watch.get(kind, {}).get(n)),
+        [(str(n), f"{n:,}") for n in cfg["watchers"]],
+        (("fanout_ms", "fan-out time"), ("change_cpu_ms", "change CPU"),
+         ("rss_per_watcher_kib", "RSS/idle watcher"), ("setup_s", "setup time")),
+        title=" (below 1: ours is quicker / smaller)", intro=[],
+        first_column=("N", "|---:|"))
+    return lines
+
+
+_NOTES = ["", "## Notes", "",
+          "- On this shared 2-core machine CPU/request moves by about ±10 % between full "
+          "runs (cache and hyper-thread contention), req/s and latency by more; compare "
+          "ratios within one run, and rerun before trusting a small difference.",
+          "- *runnable, no CPU %* sums over a process's threads: grpcio's threads also "
+          "wait for each other and for h2load on the 2 cores, so its value is high whatever "
+          "the outside load; for the single-threaded Python servers it measures how much "
+          "outside load (and h2load) took the CPU from them.",
+          "- grpcio runs with `grpc.server.max_pending_requests` (and its hard limit) "
+          "raised to 100,000: with the defaults (1,000 soft with random early rejection, "
+          "3,000 hard) grpc-core CANCELs Watch calls that arrive faster than the asyncio "
+          "loop accepts them — 2,000 Watch calls opened at once already fail.",
+          "- grpclib's `Health` keeps `\"\"` as the aggregate of all checks; each named "
+          "service is one `ServiceStatus`. Ours is changed through its admin API (one "
+          "HTTP/1.1 PUT), the peers through a command on their stdin.",
+          ""]
+
+
+def render(results: dict[str, Any]) -> str:
+    """The Markdown report of a run."""
+    lines = [*_render_env(results), *_render_servers(results), *_render_check(results),
+             *_render_watch(results), *_NOTES]
     return "\n".join(lines)
 
 
@@ -766,6 +798,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     else:
         args.watchers = [500] if args.quick else [1000, 5000]
     return args
+
+
+def _measure_check(kind: str, server: Server, args: argparse.Namespace, body: Path, logdir: Path,
+                   into: dict[str, Any]) -> int:
+    """Every Check point of one server into ``into``; returns how many failed."""
+    failures = 0
+    for c, m in POINTS:
+        point = f"{c}x{m}"
+        try:
+            h2load_run(server, c, m, args.warmup, body, logdir)
+            runs = [h2load_run(server, c, m, args.requests, body, logdir)
+                    for _ in range(args.runs)]
+            med = median_run(runs)
+            into[point] = {"median": med, "runs": [r.__dict__ for r in runs]}
+            log(f"{kind} {point}: {med['rps']:.0f} req/s, p50 "
+                f"{med['p50_ms']:.2f} ms, p99 {med['p99_ms']:.2f} ms, "
+                f"{med['cpu_us']:.0f} µs CPU/req")
+        except BenchError as exc:
+            failures += 1
+            log(f"{kind} {point} FAILED: {exc}")
+            into[point] = {"error": str(exc).splitlines()[0]}
+    return failures
+
+
+def _measure_watch(kind: str, args: argparse.Namespace, logdir: Path,
+                   into: dict[str, Any]) -> int:
+    """Every Watch fan-out size of one server into ``into``; returns how many failed."""
+    failures = 0
+    for n in args.watchers:
+        try:
+            r = watch_fanout(kind, n, args.per_conn, logdir)
+            into[str(n)] = r
+            log(f"{kind} watch {n}: setup {r['setup_s']:.2f} s, fan-out "
+                f"{r['fanout_ms']:.1f} ms, change CPU {r['change_cpu_ms']:.1f} ms, "
+                f"RSS {r['rss_per_watcher_kib']:.1f} KiB/watcher")
+        except BenchError as exc:
+            failures += 1
+            log(f"{kind} watch {n} FAILED: {exc}")
+            into[str(n)] = {"error": str(exc).splitlines()[0]}
+    return failures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -820,23 +892,9 @@ def main(argv: list[str] | None = None) -> int:
                     info["verified"] = verify(server, captured, logdir)
                     log(f"{kind}: {info['verified']}")
                     # --skip-check must not skip the Watch part below (a `continue` here did).
-                    for c, m in () if args.skip_check else POINTS:
-                        point = f"{c}x{m}"
-                        try:
-                            h2load_run(server, c, m, args.warmup, body, logdir)
-                            runs = []
-                            for _ in range(args.runs):
-                                runs.append(h2load_run(server, c, m, args.requests, body, logdir))
-                            med = median_run(runs)
-                            results["check"][kind][point] = {
-                                "median": med, "runs": [r.__dict__ for r in runs]}
-                            log(f"{kind} {point}: {med['rps']:.0f} req/s, p50 "
-                                f"{med['p50_ms']:.2f} ms, p99 {med['p99_ms']:.2f} ms, "
-                                f"{med['cpu_us']:.0f} µs CPU/req")
-                        except BenchError as exc:
-                            failures += 1
-                            log(f"{kind} {point} FAILED: {exc}")
-                            results["check"][kind][point] = {"error": str(exc).splitlines()[0]}
+                    if not args.skip_check:
+                        failures += _measure_check(kind, server, args, body, logdir,
+                                                   results["check"][kind])
             except BenchError as exc:
                 failures += 1
                 info["error"] = str(exc).splitlines()[0]
@@ -845,17 +903,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.skip_watch or kind == FLOOR:
                 continue
             results["watch"][kind] = {}
-            for n in args.watchers:
-                try:
-                    r = watch_fanout(kind, n, args.per_conn, logdir)
-                    results["watch"][kind][str(n)] = r
-                    log(f"{kind} watch {n}: setup {r['setup_s']:.2f} s, fan-out "
-                        f"{r['fanout_ms']:.1f} ms, change CPU {r['change_cpu_ms']:.1f} ms, "
-                        f"RSS {r['rss_per_watcher_kib']:.1f} KiB/watcher")
-                except BenchError as exc:
-                    failures += 1
-                    log(f"{kind} watch {n} FAILED: {exc}")
-                    results["watch"][kind][str(n)] = {"error": str(exc).splitlines()[0]}
+            failures += _measure_watch(kind, args, logdir, results["watch"][kind])
         results["env"]["loadavg_end"] = os.getloadavg()[0]
         results["env"]["duration_s"] = round(time.monotonic() - started, 1)
         text = render(results)

@@ -146,6 +146,14 @@ class WatchFanout:
 
     def on_frame(self, conn: Conn, ftype: int, flags: int, sid: int, payload: bytes,
                  now: float) -> None:
+        if ftype in (DATA, HEADERS, CONT):
+            self.on_stream_frame(conn, ftype, flags, sid, payload, now)
+        else:
+            self.on_control_frame(conn, ftype, flags, sid, payload)
+
+    def on_stream_frame(self, conn: Conn, ftype: int, flags: int, sid: int, payload: bytes,
+                        now: float) -> None:
+        """DATA, HEADERS and CONTINUATION."""
         if ftype == DATA:
             if flags & PADDED:
                 payload = payload[1:len(payload) - payload[0]]
@@ -172,7 +180,11 @@ class WatchFanout:
                 psid, pflags, block = conn.pending_headers
                 conn.pending_headers = None
                 self.on_headers(conn, psid, pflags, bytes(block))
-        elif ftype == SETTINGS:
+
+    def on_control_frame(self, conn: Conn, ftype: int, flags: int, sid: int,
+                         payload: bytes) -> None:
+        """SETTINGS, PING, RST_STREAM, GOAWAY; the rest is ignored."""
+        if ftype == SETTINGS:
             if not flags & ACK:
                 conn.out += frame(SETTINGS, ACK, 0, b"")
         elif ftype == PING:

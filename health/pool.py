@@ -245,6 +245,8 @@ class HealthyPool:
         channel_options: Mapping[str, Any] | None = None,
         open_channel_for: ChannelOpener | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        keepalive_time: float | None = None,
+        keepalive_timeout: float | None = None,
     ) -> None:
         self._members: dict[str, _Backend] = {}
         self._resolution: ResolverLoop | None = None
@@ -265,6 +267,10 @@ class HealthyPool:
             if len(set(fixed)) != len(fixed):
                 raise ValueError("pool addresses must be distinct")
             self._members = {address: _Backend(address) for address in fixed}
+        # keepalive_* are shorthands for the channel options of the same names.
+        options.update({name: value for name, value in (("keepalive_time", keepalive_time),
+                                                        ("keepalive_timeout", keepalive_timeout))
+                        if value is not None})
         options.update(channel_options or {})
         try:
             inspect.signature(open_channel).bind("target", **options)
@@ -574,7 +580,10 @@ def _running(make: Callable[_P, HealthyPool]
         ``connect_timeout``, and for a resolved name ``authority`` and ``server_hostname`` set to
         the name). ``open_channel_for(address)`` replaces ``wire.open_channel`` altogether: it
         returns an async context manager yielding a ``wire.Channel``; tests use it to connect
-        over memory streams.
+        over memory streams. ``keepalive_time`` / ``keepalive_timeout`` are the channels' HTTP/2
+        PING keepalive (``wire.open_channel``'s options of the same names; off by default): with
+        them a backend that vanishes without closing its connections stops being picked within
+        ``keepalive_time + keepalive_timeout``.
         """
         pool = make(*args, **kwargs)
         error: Exception | None = None

@@ -68,6 +68,7 @@ from .events import (
 from .framing import DEFAULT_MAX_MESSAGE_SIZE
 from .keepalive import ClientKeepalive, ClientParameters, KeepaliveAction, is_too_many_pings
 from .metadata import Metadata, MetadataLike
+from .oserrors import describe_os_error  # re-exported; defined once, in wire.oserrors
 from .sockopts import TcpKeepalive, apply_tcp_keepalive
 from .status import ErrorCode, StatusCode
 from .transport import Transport
@@ -83,6 +84,7 @@ __all__ = [
     "Target",
     "UnaryResponse",
     "connect_tcp",
+    "describe_os_error",
     "open_channel",
     "parse_target",
 ]
@@ -99,22 +101,6 @@ _CLOSE_FLUSH_TIMEOUT = 1.0
 
 
 Connector = Callable[[], Awaitable[trio.abc.Stream]]
-
-
-def describe_os_error(exc: BaseException) -> str:
-    """The most specific text for a failed connect or spawn ("Connection refused")."""
-    # trio.open_tcp_stream reports "all attempts failed" and keeps the real errors as causes,
-    # possibly inside an exception group; the innermost strerror is what a reader wants.
-    best = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
-    node: BaseException | None = exc.__cause__
-    for _ in range(8):
-        if node is None:
-            break
-        if isinstance(node, OSError) and node.strerror:
-            best = node.strerror
-        members = getattr(node, "exceptions", None)
-        node = members[0] if members else node.__cause__
-    return best
 
 
 async def connect_tcp(host: str, port: int,

@@ -6,8 +6,9 @@ Theory of operation
 codec; ``ServerConfig.http2`` picks), which calls back into this object in the order the peer
 spoke, and adds the gRPC layer on top. It depends only on the engine interface:
 
-* Every request's headers are validated here, in the order grpc-go applies them. A request that
-  fails is answered by this object itself (an HTTP error or a Trailers-Only response) and is
+* Every request's headers are validated by ``wire.grpc_headers.parse_request_headers`` (the
+  gRPC header rules the client reads with too), in the order grpc-go applies them. A request
+  that fails is answered by this object itself (an HTTP error or a Trailers-Only response) and is
   reported as ``RequestRejected``; only valid requests become ``RequestReceived``.
 * Request bodies go through a per-call ``MessageDecoder``; a bad or oversized message ends the
   call here (``CallAborted``) with the status already queued.
@@ -44,7 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import get_args
 
-from .compression import ACCEPT_ENCODING, SUPPORTED_ENCODINGS, compress, parse_accept_encoding
+from .compression import ACCEPT_ENCODING, SUPPORTED_ENCODINGS, compress
 from .errors import RemoteProtocolError, RpcError
 from .events import (
     CallAborted,
@@ -57,11 +58,11 @@ from .events import (
     StreamReset,
 )
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, MessageDecoder, encode_message
+from .grpc_headers import HeaderError, parse_request_headers
 from .http2 import MAX_STREAM_ID, EngineLimits, EngineName, HeaderList, open_engine
 from .keepalive import MAX_PING_STRIKES, TOO_MANY_PINGS, EnforcementPolicy, PingEnforcer
-from .metadata import MetadataLike, encode_bin, from_headers, percent_encode, to_headers
+from .metadata import MetadataLike, encode_bin, percent_encode, to_headers
 from .status import ErrorCode, StatusCode
-from .timeout import parse_timeout
 
 __all__ = ["ServerConfig", "ServerConnection"]
 
@@ -219,35 +220,6 @@ class _Hooks:
     def __init__(self, **callbacks: Callable[..., None]) -> None:
         for name, callback in callbacks.items():
             setattr(self, name, callback)
-
-
-#: The request header fields the gRPC layer looks at (the last of a repeated one counts).
-_FIELDS = frozenset({b":path", b":method", b":authority", b"content-type", b"te",
-                     b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding"})
-
-
-def _request_fields(headers: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], int]:
-    """The fields in ``_FIELDS``, and the header list's RFC 9113 size."""
-    found: dict[bytes, bytes] = {}
-    size = 0
-    wanted = _FIELDS
-    for name, value in headers:
-        size += len(name) + len(value) + 32
-        if name in wanted:
-            found[name] = value
-    return found, size
-
-
-class _Rejected(Exception):
-    """A request fails a gRPC check: answered with this HTTP status and gRPC status."""
-
-    def __init__(self, http_status: int, code: StatusCode, message: str,
-                 extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.code = code
-        self.message = message
-        self.extra = extra
 
 
 class ServerConnection:
@@ -505,44 +477,31 @@ class ServerConnection:
         if refusal is not None:
             self._refuse(sid, refusal)
             return
-        fields, size = _request_fields(headers)
         try:
-            self._check_request(fields, size)
-            raw_timeout = fields.get(b"grpc-timeout")
-            timeout = parse_timeout(raw_timeout) if raw_timeout is not None else None
-        except _Rejected as exc:
-            self._reject(sid, exc.http_status, exc.code, exc.message, exc.extra)
+            head = parse_request_headers(
+                headers, max_header_list_size=self.config.max_header_list_size)
+        except HeaderError as exc:
+            # compression.md: an unsupported grpc-encoding is answered with what we accept.
+            extra = (_ACCEPT_ENCODING,) if exc.advertise_encodings else ()
+            self._reject(sid, exc.http_status, exc.code, exc.message, extra)
             return
-        except ValueError as exc:
-            self._reject(sid, 400, StatusCode.INTERNAL, f"malformed grpc-timeout: {exc}")
-            return
-        try:
-            metadata = from_headers(headers)
-            enc = _request_encoding(fields.get(b"grpc-encoding"))
-        except _Rejected as exc:
-            self._reject(sid, exc.http_status, exc.code, exc.message, exc.extra)
-            return
-        except ValueError as exc:
-            self._reject(sid, 400, StatusCode.INTERNAL, f"malformed binary metadata: {exc}")
-            return
-        accept = fields.get(b"grpc-accept-encoding")
-        accepted = parse_accept_encoding(accept.decode("ascii", "replace") if accept else None)
+        enc = head.encoding
+        accepted = head.accept_encoding
         # Answer in the request's encoding when the client also accepts it, as grpc-go does;
         # never compress toward a peer that did not offer the encoding.
         send_encoding = enc if enc is not None and enc in accepted else None
         decoder = MessageDecoder(max_message_size=self.config.max_receive_message_size,
                                  encoding=enc)
-        path = fields.get(b":path")
-        method = path.decode("utf-8", "replace") if path else ""
+        method = head.path
         holds = self._holds_credit is not None and self._holds_credit(method)
         self._calls[sid] = _Call(decoder, send_encoding, holds)
         self._events.append(
             RequestReceived(
                 stream_id=sid,
                 method=method,
-                metadata=metadata,
-                timeout=timeout,
-                authority=fields.get(b":authority", b"").decode("utf-8", "replace"),
+                metadata=head.metadata,
+                timeout=head.timeout,
+                authority=head.authority,
                 encoding=enc,
                 accept_encoding=accepted,
             )
@@ -557,27 +516,6 @@ class ServerConnection:
         if last is not None and sid > last:
             return "server is shutting down"
         return None
-
-    def _check_request(self, fields: dict[bytes, bytes], size: int) -> None:
-        """The gRPC request checks, in grpc-go's order; raises ``_Rejected``."""
-        limit = self.config.max_header_list_size
-        if size > limit:
-            raise _Rejected(200, StatusCode.RESOURCE_EXHAUSTED, f"request header list of "
-                            f"{size} bytes exceeds the limit of {limit}")
-        method = fields.get(b":method")
-        if method != b"POST":
-            # PROTOCOL-HTTP2.md: only POST is a gRPC request.
-            shown = method.decode("ascii", "replace") if method else ""
-            raise _Rejected(405, StatusCode.INTERNAL, f"invalid gRPC request method {shown!r}")
-        content_type = fields.get(b"content-type")
-        if content_type is None or not _is_grpc_content_type(content_type):
-            shown = content_type.decode("ascii", "replace") if content_type else ""
-            raise _Rejected(415, StatusCode.INTERNAL,
-                            f"invalid gRPC request content-type {shown!r}")
-        if fields.get(b"te") != b"trailers":
-            # "TE → 'te' 'trailers' # Used to detect incompatible proxies"
-            raise _Rejected(400, StatusCode.INTERNAL,
-                            "missing or invalid te header: gRPC requires 'te: trailers'")
 
     def _on_stream_ended(self, sid: int) -> None:
         call = self._calls.get(sid)
@@ -777,22 +715,3 @@ class ServerConnection:
             self._engine.reset_stream(sid, call.reset_code)
 
 
-def _request_encoding(encoding: bytes | None) -> str | None:
-    """The request's grpc-encoding (None: identity); raises ``_Rejected`` when unsupported."""
-    if encoding is None:
-        return None
-    enc = encoding.decode("ascii", "replace").strip().lower()
-    if enc not in SUPPORTED_ENCODINGS:
-        # compression.md: unsupported encoding -> UNIMPLEMENTED, listing what we accept.
-        raise _Rejected(200, StatusCode.UNIMPLEMENTED,
-                        f"grpc: Decompressor is not installed for grpc-encoding {enc!r}",
-                        extra=(_ACCEPT_ENCODING,))
-    return None if enc == "identity" else enc
-
-
-def _is_grpc_content_type(value: bytes) -> bool:
-    # "application/grpc" optionally followed by "+proto", "+json", ... or ";params".
-    if not value.startswith(b"application/grpc"):
-        return False
-    rest = value[16:]
-    return not rest or rest[:1] in (b"+", b";")

@@ -16,7 +16,7 @@ import trio.testing
 
 from health.service import HealthServer
 from health.status import ServingStatus
-from wire import Channel, Server, open_channel
+from wire import Channel, Server, ServerConfig, open_channel
 
 
 class MemoryBackend:
@@ -63,8 +63,9 @@ class MemoryBackend:
 class HealthBackend(MemoryBackend):
     """A MemoryBackend running the project's health service."""
 
-    def __init__(self, nursery: trio.Nursery, **statuses: ServingStatus) -> None:
-        self.health = HealthServer()
+    def __init__(self, nursery: trio.Nursery, config: ServerConfig | None = None,
+                 **statuses: ServingStatus) -> None:
+        self.health = HealthServer(config=config)
         for name, status in statuses.items():
             self.health.set(name, status)
         super().__init__(self.health.server, nursery)

@@ -471,6 +471,7 @@ async def test_connections_above_the_cap_get_503(start_admin: StartAdmin) -> Non
         assert (await client.request("GET", "/healthz")).status == 200
     # Its slot is freed once it closes.
     with trio.fail_after(STEP):
+        # The slot frees when the server sees the close: no event to wait on from here.
         while (reply := await admin.request("GET", "/healthz")).status == 503:  # noqa: ASYNC110
             await trio.sleep(0.01)
     assert reply.status == 200

@@ -17,7 +17,7 @@ from health.client import CHECK_PATH, HealthClient, HealthWatchStream
 from health.protocol import parse_check_response
 from health.status import ServingStatus
 from tests.grpcio_health_server import SLOW_SERVICE, GrpcioHealthServer
-from wire import RpcError, StatusCode, open_channel
+from wire import RpcError, ServerConfig, StatusCode, open_channel
 
 from .memnet import HealthBackend, channel_to
 
@@ -139,9 +139,10 @@ async def test_unimplemented_method_against_grpcio(grpcio_server: GrpcioHealthSe
 # ---------------------------------------------------------------------- against our server
 
 
-async def test_check_list_against_our_server() -> None:
+async def test_check_list_against_our_server(server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        backend = HealthBackend(nursery, a=ServingStatus.SERVING, b=ServingStatus.NOT_SERVING)
+        backend = HealthBackend(nursery, server_config,
+                                a=ServingStatus.SERVING, b=ServingStatus.NOT_SERVING)
         async with channel_to(backend) as channel:
             client = HealthClient(channel)
             assert await client.check() is ServingStatus.SERVING
@@ -156,9 +157,10 @@ async def test_check_list_against_our_server() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_watch_against_our_server(autojump_clock: trio.testing.MockClock) -> None:
+async def test_watch_against_our_server(autojump_clock: trio.testing.MockClock,
+                                        server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        backend = HealthBackend(nursery, a=ServingStatus.SERVING)
+        backend = HealthBackend(nursery, server_config, a=ServingStatus.SERVING)
         seen: list[ServingStatus] = []
         async with channel_to(backend) as channel, HealthClient(channel).watch("a") as stream:
             async for status in stream:
@@ -172,9 +174,9 @@ async def test_watch_against_our_server(autojump_clock: trio.testing.MockClock) 
 
 
 async def test_watch_ends_with_unavailable_on_server_shutdown(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        backend = HealthBackend(nursery)
+        backend = HealthBackend(nursery, server_config)
         seen: list[ServingStatus] = []
         async with channel_to(backend) as channel:
             streams: list[HealthWatchStream] = []
@@ -203,9 +205,9 @@ async def test_unknown_status_number_is_reported_as_unknown() -> None:
 
 
 async def test_cancelling_a_watch_ends_it_on_both_sides(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        backend = HealthBackend(nursery)
+        backend = HealthBackend(nursery, server_config)
         async with channel_to(backend) as channel, HealthClient(channel).watch() as stream:
             assert await stream.__anext__() is ServingStatus.SERVING
             stream.cancel()

@@ -16,7 +16,7 @@ import trio.testing
 
 from health.follow import BackendFollower, Backoff, BackoffDelays, HealthReport
 from health.status import ServingStatus
-from wire import Server
+from wire import Server, ServerConfig
 
 from .memnet import HealthBackend, MemoryBackend, channel_to
 
@@ -97,10 +97,11 @@ async def following(nursery: trio.Nursery, backend: HealthBackend,
         yield follower
 
 
-async def test_reports_follow_serving_status(autojump_clock: trio.testing.MockClock) -> None:
+async def test_reports_follow_serving_status(
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     reports: list[HealthReport] = []
     async with trio.open_nursery() as nursery:
-        backend = HealthBackend(nursery, svc=ServingStatus.SERVING)
+        backend = HealthBackend(nursery, server_config, svc=ServingStatus.SERVING)
         async with channel_to(backend) as channel:
             watcher = BackendFollower(channel, "svc", on_change=reports.append)
             assert not watcher.healthy  # not yet checked
@@ -122,9 +123,9 @@ async def test_reports_follow_serving_status(autojump_clock: trio.testing.MockCl
 
 
 async def test_unknown_service_is_unhealthy_until_registered(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        backend = HealthBackend(nursery)
+        backend = HealthBackend(nursery, server_config)
         async with channel_to(backend) as channel:
             watcher = BackendFollower(channel, "later")
             nursery.start_soon(watcher.run)
@@ -138,9 +139,9 @@ async def test_unknown_service_is_unhealthy_until_registered(
 
 
 async def test_unimplemented_means_healthy_and_stops_watching(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        backend = MemoryBackend(Server(), nursery)  # no health service at all
+        backend = MemoryBackend(Server(config=server_config), nursery)  # no health service at all
         async with channel_to(backend) as channel:
             watcher = BackendFollower(channel)
             with trio.fail_after(10):
@@ -152,9 +153,9 @@ async def test_unimplemented_means_healthy_and_stops_watching(
 
 
 async def test_outage_retries_with_backoff_then_recovers(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        backend = HealthBackend(nursery)
+        backend = HealthBackend(nursery, server_config)
         async with following(nursery, backend, rng=LowJitter()) as watcher:
             backend.connects.clear()
             t0 = trio.current_time()
@@ -188,9 +189,10 @@ async def test_outage_retries_with_backoff_then_recovers(
         nursery.cancel_scope.cancel()
 
 
-async def test_backoff_caps_at_the_maximum(autojump_clock: trio.testing.MockClock) -> None:
+async def test_backoff_caps_at_the_maximum(
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        backend = HealthBackend(nursery)
+        backend = HealthBackend(nursery, server_config)
         backend.is_up = False  # never reachable
         async with channel_to(backend) as channel:
             watcher = BackendFollower(channel, rng=NoJitter(),
@@ -207,9 +209,9 @@ async def test_backoff_caps_at_the_maximum(autojump_clock: trio.testing.MockCloc
 
 
 async def test_server_shutdown_ends_watch_and_watcher_retries(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        first = HealthBackend(nursery)
+        first = HealthBackend(nursery, server_config)
         async with following(nursery, first, rng=NoJitter()) as watcher:
             # Graceful shutdown: NOT_SERVING is pushed, then the Watch ends with UNAVAILABLE.
             nursery.start_soon(first.health.shutdown, 1.0)
@@ -224,9 +226,9 @@ async def test_server_shutdown_ends_watch_and_watcher_retries(
 
 
 async def test_wait_changed_returns_the_latest_report(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        backend = HealthBackend(nursery, svc=ServingStatus.NOT_SERVING)
+        backend = HealthBackend(nursery, server_config, svc=ServingStatus.NOT_SERVING)
         async with channel_to(backend) as channel:
             watcher = BackendFollower(channel, "svc")
             version = watcher.version

@@ -23,7 +23,7 @@ from health.status import ServingStatus
 from health.subscriptions import DEFAULT_MAX_WATCHERS_PER_OWNER
 from tests.wire.h2client import H2Client, StreamRecord, grpc_frame, open_memory_client
 from tests.wire.rawconn import BOUND, RawConn, open_raw, request_frames, rss_bytes, rst_frame
-from wire import StatusCode
+from wire import ServerConfig, StatusCode
 
 SERVING = HealthCheckResponse(status=int(ServingStatus.SERVING)).SerializeToString()
 SERVICE_UNKNOWN = HealthCheckResponse(
@@ -91,8 +91,9 @@ async def bystander(hs: HealthServer, interval: float = 0.05) -> AsyncIterator[B
     ids=["corrupt", "truncated-field", "bad-utf8"],
 )
 @pytest.mark.parametrize("path", [CHECK_PATH, WATCH_PATH, LIST_PATH])
-async def test_malformed_protobuf_is_internal(path: str, payload: bytes) -> None:
-    hs = HealthServer()
+async def test_malformed_protobuf_is_internal(
+        path: str, payload: bytes, server_config: ServerConfig) -> None:
+    hs = HealthServer(config=server_config)
     if path == LIST_PATH and payload == b"\x0a\x02\xff\xfe":
         payload = b"\x0a\x05ab"  # HealthListRequest has no string field to spoil
     async with bystander(hs) as b, open_memory_client(hs.server.serve_stream) as client:
@@ -110,8 +111,9 @@ async def test_malformed_protobuf_is_internal(path: str, payload: bytes) -> None
 # ---------------------------------------------------------------------------------- huge names
 
 
-async def test_1mib_service_name_check_not_found_watch_invalid_argument() -> None:
-    hs = HealthServer()
+async def test_1mib_service_name_check_not_found_watch_invalid_argument(
+        server_config: ServerConfig) -> None:
+    hs = HealthServer(config=server_config)
     rounds = 32
     huge = "s" * MIB
     request = check_request(huge)
@@ -151,8 +153,9 @@ def all_received(raw: RawConn, sids: list[int], expected: bytes) -> bool:
     return all(raw.record(s).data == expected for s in sids)
 
 
-async def test_memory_bounded_after_10000_watch_streams_opened_and_closed() -> None:
-    hs = HealthServer()
+async def test_memory_bounded_after_10000_watch_streams_opened_and_closed(
+        server_config: ServerConfig) -> None:
+    hs = HealthServer(config=server_config)
     state = hs.state
     total = 10_000
     per_round = DEFAULT_MAX_WATCHERS_PER_OWNER  # the per-connection watcher cap

@@ -22,7 +22,6 @@ from wire import open_channel
 from ..blackhole import open_blackhole_proxy
 
 TIME, TIMEOUT = 1.0, 1.0
-KEEPALIVE = {"keepalive_time": TIME, "keepalive_timeout": TIMEOUT}
 # Retries come quickly in the test, so healing is seen soon after it happens; a connection
 # attempt made while the path was black stays black, so it must give up soon too.
 FAST = Backoff(initial=0.2, maximum=1.0)
@@ -57,7 +56,7 @@ async def test_keepalive_drops_a_silent_backend_and_healing_restores_it() -> Non
                                     keepalive_time=TIME, keepalive_timeout=TIMEOUT) as channel, \
                     open_pool([address], service="svc", backoff=FAST,
                               connect_timeout=CONNECT_TIMEOUT,
-                              channel_options=KEEPALIVE) as pool:
+                              keepalive_time=TIME, keepalive_timeout=TIMEOUT) as pool:
                 follower = BackendFollower(channel, "svc", backoff=FAST)
                 nursery.start_soon(follower.run)
                 await _wait_until(lambda: follower.healthy and _picks(pool, address),

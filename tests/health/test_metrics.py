@@ -11,12 +11,12 @@ import trio.testing
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from health import HealthService, HealthState, ServingStatus, serve_health
+from health import HealthServer, HealthService, HealthState, ServingStatus
 from health.admin import AdminServer
 from health.checks import Check, CheckRunner
 from health.client import HealthClient
 from health.metrics import HealthMetrics
-from wire import RpcError, open_channel
+from wire import RpcError, ServerConfig, open_channel
 
 SERVING = ServingStatus.SERVING
 NOT_SERVING = ServingStatus.NOT_SERVING
@@ -123,9 +123,9 @@ async def test_check_metrics(autojump_clock: trio.testing.MockClock) -> None:
     assert value(text, "grpc_health_service_status", service="svc") == 2.0
 
 
-async def test_request_counters_from_real_calls() -> None:
+async def test_request_counters_from_real_calls(server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_health, "127.0.0.1", 0)
+        server = await nursery.start(HealthServer(config=server_config).serve_tcp, "127.0.0.1", 0)
         server.set("svc", SERVING)
         metrics = HealthMetrics(server.state, service=server.service)
         with trio.fail_after(RPC_TIMEOUT):

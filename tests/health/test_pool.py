@@ -17,7 +17,7 @@ import health.pool
 from health._health_pb2 import HealthCheckRequest, HealthCheckResponse
 from health.pool import HealthyPool, NoHealthyBackendError, open_pool, unprocessed
 from health.resolver import format_address, resolve_dns
-from health.service import HealthServer, serve_health
+from health.service import HealthServer
 from health.status import ServingStatus
 from tests.rpc_errors import record_rpc_error
 from wire import (
@@ -28,6 +28,7 @@ from wire import (
     RpcError,
     Server,
     ServerCall,
+    ServerConfig,
     StatusCode,
     open_channel,
     unary_stream,
@@ -40,10 +41,11 @@ ADDRS = ("a:1", "b:1", "c:1")
 
 
 @asynccontextmanager
-async def backends(nursery: trio.Nursery, *, service: str = "svc",
+async def backends(nursery: trio.Nursery, *, config: ServerConfig | None = None,
+                   service: str = "svc",
                    statuses: tuple[ServingStatus, ...] = (ServingStatus.SERVING,) * 3,
                    ) -> AsyncIterator[dict[str, HealthBackend]]:
-    yield {addr: HealthBackend(nursery, **{service: status})
+    yield {addr: HealthBackend(nursery, config, **{service: status})
            for addr, status in zip(ADDRS, statuses, strict=True)}
 
 
@@ -62,8 +64,8 @@ async def settle(pool: HealthyPool, expected: tuple[str, ...]) -> None:
 
 
 async def test_round_robin_over_healthy_backends(
-        autojump_clock: trio.testing.MockClock) -> None:
-    async with trio.open_nursery() as nursery, backends(nursery) as table:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
+    async with trio.open_nursery() as nursery, backends(nursery, config=server_config) as table:
         table["b:1"].set("svc", ServingStatus.NOT_SERVING)
         async with open_pool(ADDRS, service="svc", open_channel_for=opener(table)) as pool:
             await settle(pool, ("a:1", "c:1"))
@@ -78,9 +80,10 @@ async def test_round_robin_over_healthy_backends(
 
 
 async def test_pick_fails_fast_when_nothing_is_healthy(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     down = (ServingStatus.NOT_SERVING,) * 3
-    async with trio.open_nursery() as nursery, backends(nursery, statuses=down) as table:
+    async with trio.open_nursery() as nursery, \
+            backends(nursery, config=server_config, statuses=down) as table:
         async with open_pool(ADDRS, service="svc", open_channel_for=opener(table)) as pool:
             with trio.fail_after(10):
                 for a in ADDRS:
@@ -102,9 +105,9 @@ async def test_pick_fails_fast_when_nothing_is_healthy(
 
 
 async def test_backend_going_away_and_coming_back(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     changes: list[tuple[str, ...]] = []
-    async with trio.open_nursery() as nursery, backends(nursery) as table:
+    async with trio.open_nursery() as nursery, backends(nursery, config=server_config) as table:
         async with open_pool(ADDRS, service="svc", open_channel_for=opener(table),
                              on_change=changes.append) as pool:
             await settle(pool, ADDRS)
@@ -120,8 +123,8 @@ async def test_backend_going_away_and_coming_back(
 
 
 async def test_changes_iterator_yields_current_then_latest(
-        autojump_clock: trio.testing.MockClock) -> None:
-    async with trio.open_nursery() as nursery, backends(nursery) as table:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
+    async with trio.open_nursery() as nursery, backends(nursery, config=server_config) as table:
         async with open_pool(ADDRS, service="svc", open_channel_for=opener(table)) as pool:
             await settle(pool, ADDRS)
             seen: list[tuple[str, ...]] = []
@@ -139,9 +142,9 @@ async def test_changes_iterator_yields_current_then_latest(
 
 
 async def test_backend_without_health_service_counts_as_healthy(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        table = {"a:1": MemoryBackend(Server(), nursery)}
+        table = {"a:1": MemoryBackend(Server(config=server_config), nursery)}
         async with open_pool(["a:1"], open_channel_for=opener(table)) as pool:
             await settle(pool, ("a:1",))
             assert pool.report("a:1").disabled
@@ -150,8 +153,8 @@ async def test_backend_without_health_service_counts_as_healthy(
 
 
 async def test_errors_in_pool_body_are_not_wrapped(
-        autojump_clock: trio.testing.MockClock) -> None:
-    async with trio.open_nursery() as nursery, backends(nursery) as table:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
+    async with trio.open_nursery() as nursery, backends(nursery, config=server_config) as table:
         with pytest.raises(KeyError):
             async with open_pool(ADDRS, service="svc", open_channel_for=opener(table)):
                 raise KeyError("mine")
@@ -185,7 +188,8 @@ class AppBackend(MemoryBackend):
     """
 
     def __init__(self, nursery: trio.Nursery, name: str,
-                 health: ServingStatus | None = ServingStatus.SERVING) -> None:
+                 health: ServingStatus | None = ServingStatus.SERVING,
+                 config: ServerConfig | None = None) -> None:
         self.name = name
         self.calls = 0
         #: (x-req metadata, seconds left of the deadline) of every Who call.
@@ -199,9 +203,9 @@ class AppBackend(MemoryBackend):
         ]
         self.health: HealthServer | None = None
         if health is None:
-            server = Server(handlers)
+            server = Server(handlers, config=config)
         else:
-            self.health = HealthServer(extra_handlers=handlers)
+            self.health = HealthServer(extra_handlers=handlers, config=config)
             self.health.set("", health)
             server = self.health.server
         super().__init__(server, nursery)
@@ -261,13 +265,14 @@ async def settle_members(pool: HealthyPool, expected: tuple[str, ...]) -> None:
             await pool.wait_changed(pool.version)
 
 
-async def test_dns_localhost_against_a_running_server() -> None:
+async def test_dns_localhost_against_a_running_server(server_config: ServerConfig) -> None:
     # localhost may resolve to 127.0.0.1, ::1 or both: serve on the first answer only, so
     # exactly one backend is healthy and any other address is a member that is not.
     resolved = await resolve_dns("localhost", 1)
     host = resolved[0].rpartition(":")[0].strip("[]")
     async with trio.open_nursery() as nursery:
-        server: HealthServer = await nursery.start(serve_health, host, 0)
+        server: HealthServer = await nursery.start(
+            HealthServer(config=server_config).serve_tcp, host, 0)
         server.set("svc", ServingStatus.SERVING)
         async with open_pool(f"dns:///localhost:{server.port}", service="svc",
                              connect_timeout=2) as pool:
@@ -287,11 +292,12 @@ async def test_dns_localhost_against_a_running_server() -> None:
 
 
 async def test_membership_follows_the_resolver(
-        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture,
+        server_config: ServerConfig) -> None:
     changes: list[tuple[str, ...]] = []
     answers = Answers("a:1")
     async with trio.open_nursery() as nursery:
-        table = {name: AppBackend(nursery, name) for name in ("a:1", "b:1")}
+        table = {name: AppBackend(nursery, name, config=server_config) for name in ("a:1", "b:1")}
         async with open_pool("dns:///svc.local:1", resolver=answers, resolve_interval=30,
                              open_channel_for=opener(table), on_change=changes.append) as pool:
             assert pool.addresses == ("a:1",)
@@ -341,11 +347,11 @@ async def test_membership_follows_the_resolver(
 
 
 async def test_membership_change_reaches_changes_and_wait_changed(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     answers = Answers("a:1")
     async with trio.open_nursery() as nursery:
-        table = {"a:1": AppBackend(nursery, "a"),
-                 "b:1": AppBackend(nursery, "b", ServingStatus.NOT_SERVING)}
+        table = {"a:1": AppBackend(nursery, "a", config=server_config),
+                 "b:1": AppBackend(nursery, "b", ServingStatus.NOT_SERVING, config=server_config)}
         async with open_pool("svc:1", resolver=answers, resolve_interval=10,
                              open_channel_for=opener(table)) as pool:
             await settle(pool, ("a:1",))
@@ -363,10 +369,11 @@ async def test_membership_change_reaches_changes_and_wait_changed(
 
 
 async def test_no_healthy_backend_resolves_again_at_once(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     answers = Answers("a:1")
     async with trio.open_nursery() as nursery:
-        table = {"a:1": AppBackend(nursery, "a"), "b:1": AppBackend(nursery, "b")}
+        table = {"a:1": AppBackend(nursery, "a", config=server_config),
+                 "b:1": AppBackend(nursery, "b", config=server_config)}
         async with open_pool("svc:1", resolver=answers, resolve_interval=30,
                              min_resolve_interval=5, open_channel_for=opener(table)) as pool:
             t0 = answers.asked[0]
@@ -382,11 +389,11 @@ async def test_no_healthy_backend_resolves_again_at_once(
 
 
 async def test_first_resolution_failing_leaves_an_empty_pool_that_recovers(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     answers = Answers()
     answers.answer = OSError("no such host")
     async with trio.open_nursery() as nursery:
-        table = {"a:1": AppBackend(nursery, "a")}
+        table = {"a:1": AppBackend(nursery, "a", config=server_config)}
         async with open_pool("svc:1", resolver=answers, open_channel_for=opener(table)) as pool:
             assert pool.addresses == ()
             with pytest.raises(NoHealthyBackendError, match="resolved to no address yet: no "
@@ -404,10 +411,11 @@ async def test_first_resolution_failing_leaves_an_empty_pool_that_recovers(
 
 
 async def test_leaving_backend_drains_calls_in_flight(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     answers = Answers("a:1", "b:1")
     async with trio.open_nursery() as nursery:
-        table = {"a:1": AppBackend(nursery, "a"), "b:1": AppBackend(nursery, "b")}
+        table = {"a:1": AppBackend(nursery, "a", config=server_config),
+                 "b:1": AppBackend(nursery, "b", config=server_config)}
         async with open_pool("svc:1", resolver=answers, resolve_interval=10,
                              open_channel_for=opener(table)) as pool:
             await settle(pool, ("a:1", "b:1"))
@@ -430,10 +438,12 @@ async def test_leaving_backend_drains_calls_in_flight(
 
 
 async def test_drain_is_bounded_by_drain_timeout(
-        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture,
+        server_config: ServerConfig) -> None:
     answers = Answers("a:1")
     async with trio.open_nursery() as nursery:
-        table = {"a:1": AppBackend(nursery, "a"), "b:1": AppBackend(nursery, "b")}
+        table = {"a:1": AppBackend(nursery, "a", config=server_config),
+                 "b:1": AppBackend(nursery, "b", config=server_config)}
         async with open_pool("svc:1", resolver=answers, resolve_interval=10, drain_timeout=15,
                              open_channel_for=opener(table)) as pool:
             await settle(pool, ("a:1",))
@@ -456,9 +466,9 @@ async def test_drain_is_bounded_by_drain_timeout(
 
 
 async def test_unary_unary_goes_only_to_healthy_backends(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        table = {a: AppBackend(nursery, a[0]) for a in ADDRS}
+        table = {a: AppBackend(nursery, a[0], config=server_config) for a in ADDRS}
         table["b:1"].set(ServingStatus.NOT_SERVING)
         async with open_pool(ADDRS, open_channel_for=opener(table)) as pool:
             await settle(pool, ("a:1", "c:1"))
@@ -483,11 +493,12 @@ async def test_unary_unary_goes_only_to_healthy_backends(
 
 
 async def test_unary_unary_retries_once_after_a_refused_connection(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
         # No health service: both count as healthy for good (A17), so a backend that went
         # away is still picked; the connection to it is refused.
-        table = {"a:1": AppBackend(nursery, "a", None), "b:1": AppBackend(nursery, "b", None)}
+        table = {"a:1": AppBackend(nursery, "a", None, config=server_config),
+                 "b:1": AppBackend(nursery, "b", None, config=server_config)}
         async with open_pool(["a:1", "b:1"], open_channel_for=opener(table)) as pool:
             await settle(pool, ("a:1", "b:1"))
             assert (await pool.unary_unary(WHO, b"")).response == b"a"
@@ -524,10 +535,10 @@ class SlowToRefuse(AppBackend):
 
 
 async def test_the_retry_gets_what_is_left_of_the_deadline(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        slow = SlowToRefuse(nursery, "a", None)
-        table = {"a:1": slow, "b:1": AppBackend(nursery, "b", None)}
+        slow = SlowToRefuse(nursery, "a", None, config=server_config)
+        table = {"a:1": slow, "b:1": AppBackend(nursery, "b", None, config=server_config)}
         async with open_pool(["a:1", "b:1"], open_channel_for=opener(table)) as pool:
             await settle(pool, ("a:1", "b:1"))
             await slow.down()
@@ -546,9 +557,10 @@ async def test_the_retry_gets_what_is_left_of_the_deadline(
 
 
 async def test_errors_after_the_server_processed_the_call_are_not_retried(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        table = {"a:1": AppBackend(nursery, "a"), "b:1": AppBackend(nursery, "b")}
+        table = {"a:1": AppBackend(nursery, "a", config=server_config),
+                 "b:1": AppBackend(nursery, "b", config=server_config)}
         async with open_pool(["a:1", "b:1"], open_channel_for=opener(table)) as pool:
             await settle(pool, ("a:1", "b:1"))
             with pytest.raises(RpcError, match="a is overloaded") as info:
@@ -559,9 +571,10 @@ async def test_errors_after_the_server_processed_the_call_are_not_retried(
 
 
 async def test_unary_stream_round_robin_and_metadata(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        table = {"a:1": AppBackend(nursery, "a"), "b:1": AppBackend(nursery, "b")}
+        table = {"a:1": AppBackend(nursery, "a", config=server_config),
+                 "b:1": AppBackend(nursery, "b", config=server_config)}
         async with open_pool(["a:1", "b:1"], open_channel_for=opener(table)) as pool:
             await settle(pool, ("a:1", "b:1"))
             seen = []
@@ -628,10 +641,10 @@ class RefusingServer:
 
 @pytest.mark.parametrize("mode", ["refuse", "goaway"])
 async def test_refused_stream_and_goaway_are_retried_elsewhere(
-        autojump_clock: trio.testing.MockClock, mode: str) -> None:
+        autojump_clock: trio.testing.MockClock, mode: str, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
         refusing = RefusingServer(nursery, mode)
-        good = AppBackend(nursery, "b")
+        good = AppBackend(nursery, "b", config=server_config)
 
         def open_for(address: str) -> AbstractAsyncContextManager[Channel]:
             if address == "a:1":
@@ -682,10 +695,10 @@ def test_pool_validates_target_and_options() -> None:
 
 
 async def test_default_opener_passes_channel_options(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, server_config: ServerConfig) -> None:
     opened: list[tuple[str, dict[str, object]]] = []
     async with trio.open_nursery() as nursery:
-        backend = AppBackend(nursery, "a")
+        backend = AppBackend(nursery, "a", config=server_config)
 
         @asynccontextmanager
         async def spy(address: str, **options: object) -> AsyncIterator[Channel]:

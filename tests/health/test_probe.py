@@ -42,7 +42,7 @@ from health.probe import (
 from health.service import HealthServer
 from health.status import ServingStatus
 from tests.grpcio_health_server import SLOW_SERVICE, GrpcioHealthServer
-from wire import RpcError, Server, ServerCall, StatusCode, unary_unary
+from wire import RpcError, Server, ServerCall, ServerConfig, StatusCode, unary_unary
 from wire.tls import server_context
 
 
@@ -219,8 +219,8 @@ def test_parsing_stops_at_the_first_non_flag(argv: list[str], services: list[str
     assert opts.addr == "h:1"
 
 
-async def test_extra_arguments_are_ignored_end_to_end() -> None:
-    health = HealthServer()
+async def test_extra_arguments_are_ignored_end_to_end(server_config: ServerConfig) -> None:
+    health = HealthServer(config=server_config)
     health.set("s", ServingStatus.SERVING)
     health.set("ns", ServingStatus.NOT_SERVING)
     async with trio.open_nursery() as nursery:
@@ -334,7 +334,7 @@ async def test_json_output(grpcio_server: GrpcioHealthServer) -> None:
         ("probe.up", "SERVING", 0), ("probe.down", "NOT_SERVING", 4)]
 
 
-async def test_wait_retries_until_serving() -> None:
+async def test_wait_retries_until_serving(server_config: ServerConfig) -> None:
     # A Check that answers NOT_FOUND until released: the probe must have been refused at
     # least twice (so it did retry) before the status it finally reports.
     calls: list[str] = []
@@ -349,7 +349,7 @@ async def test_wait_retries_until_serving() -> None:
             raise RpcError(StatusCode.NOT_FOUND, "unknown service")
         return HealthCheckResponse(status=ServingStatus.SERVING).SerializeToString()
 
-    server = Server([unary_unary(CHECK_PATH, check, bytes, bytes)])
+    server = Server([unary_unary(CHECK_PATH, check, bytes, bytes)], config=server_config)
     async with trio.open_nursery() as nursery:
         _, port = await nursery.start(server.serve_tcp, "127.0.0.1", 0)
         results: list[Run] = []
@@ -394,8 +394,8 @@ async def test_nothing_listening_retries_until_the_connect_timeout(free_port: in
 
 
 async def test_a_server_that_starts_within_the_connect_timeout_is_reached(
-        free_port: int) -> None:
-    health = HealthServer()
+        free_port: int, server_config: ServerConfig) -> None:
+    health = HealthServer(config=server_config)
     async with trio.open_nursery() as nursery:
         results: list[Run] = []
         done = trio.Event()
@@ -428,8 +428,8 @@ async def test_connect_timeout_exits_2() -> None:
                           "within 250ms\n")
 
 
-async def test_unix_socket_address(tmp_path: Path) -> None:
-    health = HealthServer()
+async def test_unix_socket_address(tmp_path: Path, server_config: ServerConfig) -> None:
+    health = HealthServer(config=server_config)
     path = str(tmp_path / "health.sock")
     async with trio.open_nursery() as nursery:
         await nursery.start(health.serve_unix, path)
@@ -441,8 +441,8 @@ async def test_unix_socket_address(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- against our servers
 
 
-async def test_server_without_health_service_exits_3() -> None:
-    server = Server()
+async def test_server_without_health_service_exits_3(server_config: ServerConfig) -> None:
+    server = Server(config=server_config)
     async with trio.open_nursery() as nursery:
         _, port = await nursery.start(server.serve_tcp, "127.0.0.1", 0)
         result = await probe("-addr", f"127.0.0.1:{port}")
@@ -452,8 +452,8 @@ async def test_server_without_health_service_exits_3() -> None:
                                  "protocol (grpc.health.v1.Health)")
 
 
-async def test_list_against_our_server() -> None:
-    health = HealthServer()
+async def test_list_against_our_server(server_config: ServerConfig) -> None:
+    health = HealthServer(config=server_config)
     health.set("a", ServingStatus.SERVING)
     async with trio.open_nursery() as nursery:
         await nursery.start(health.serve_tcp, "127.0.0.1", 0)
@@ -468,8 +468,8 @@ async def test_list_against_our_server() -> None:
                                                "b": "NOT_SERVING"}
 
 
-async def test_watch_ends_with_exit_3_when_server_shuts_down() -> None:
-    health = HealthServer()
+async def test_watch_ends_with_exit_3_when_server_shuts_down(server_config: ServerConfig) -> None:
+    health = HealthServer(config=server_config)
     async with trio.open_nursery() as nursery:
         await nursery.start(health.serve_tcp, "127.0.0.1", 0)
         results: list[Run] = []
@@ -603,9 +603,9 @@ async def test_plaintext_probe_against_tls_server_exits_2_with_a_hint(
 
 
 @pytest.fixture
-async def mtls_server(tls_files: TLSFiles) -> AsyncIterator[str]:
+async def mtls_server(tls_files: TLSFiles, server_config: ServerConfig) -> AsyncIterator[str]:
     """Our server on 127.0.0.1, requiring a client certificate signed by the test CA."""
-    health = HealthServer()
+    health = HealthServer(config=server_config)
     ctx = server_context(tls_files.cert, tls_files.key, client_ca=tls_files.ca,
                          require_client_cert=True)
     async with trio.open_nursery() as nursery:
@@ -643,11 +643,11 @@ async def test_refused_client_certificate_hints_so(mtls_server: str, tls_files: 
     assert (good.code, good.err) == (EXIT_SERVING, "status: SERVING\n")
 
 
-async def test_list_against_a_server_with_check_only_says_so() -> None:
+async def test_list_against_a_server_with_check_only_says_so(server_config: ServerConfig) -> None:
     def check(request: bytes, call: ServerCall) -> bytes:
         return HealthCheckResponse(status=ServingStatus.SERVING).SerializeToString()
 
-    server = Server([unary_unary(CHECK_PATH, check, bytes, bytes)])
+    server = Server([unary_unary(CHECK_PATH, check, bytes, bytes)], config=server_config)
     async with trio.open_nursery() as nursery:
         _, port = await nursery.start(server.serve_tcp, "127.0.0.1", 0)
         listed = await probe("-addr", f"127.0.0.1:{port}", "-list")

@@ -17,9 +17,10 @@ import pytest
 import trio
 import trustme
 
-from health import HealthState, ServingStatus, serve_health
+from health import HealthServer, HealthState, ServingStatus
 from health.checks import Check, CheckFailed, CheckRunner
 from health.probes import command_check, grpc_check, http_check, tcp_check
+from wire import ServerConfig
 
 from .loopback import tcp_server
 
@@ -174,9 +175,9 @@ async def test_command_check_timeout_kills_the_process() -> None:
 # ---------------------------------------------------------------- built-in: grpc
 
 
-async def test_grpc_check_against_our_server() -> None:
+async def test_grpc_check_against_our_server(server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_health, "127.0.0.1", 0)
+        server = await nursery.start(HealthServer(config=server_config).serve_tcp, "127.0.0.1", 0)
         server.set("up", SERVING)
         server.set("down", NOT_SERVING)
         target = f"127.0.0.1:{server.port}"
@@ -195,11 +196,11 @@ async def test_grpc_check_no_server() -> None:
         await grpc_check(f"127.0.0.1:{_free_port()}", connect_timeout=REAL_TIMEOUT)()
 
 
-async def test_runner_with_builtin_checks() -> None:
+async def test_runner_with_builtin_checks(server_config: ServerConfig) -> None:
     """The runner drives real probes: a gRPC upstream and a failing command."""
     state = HealthState()
     async with trio.open_nursery() as nursery:
-        upstream = await nursery.start(serve_health, "127.0.0.1", 0)
+        upstream = await nursery.start(HealthServer(config=server_config).serve_tcp, "127.0.0.1", 0)
         runner = CheckRunner(state, [
             Check("upstream", grpc_check(f"127.0.0.1:{upstream.port}"), service="api",
                   timeout=REAL_TIMEOUT),

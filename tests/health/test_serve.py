@@ -182,9 +182,10 @@ def read_to_end(stream: Iterator[Any]) -> tuple[list[int], grpc.StatusCode]:
 # ----------------------------------------------------------------------------- admin API
 
 
-async def test_healthz_status_and_initial_services(tmp_path: Path) -> None:
-    async with serve(tmp_path, "--service", "a=NOT_SERVING", "--service", "b=serving",
-                     "--service", "c=0") as served:
+async def test_healthz_status_and_initial_services(
+        tmp_path: Path, http2_flags: tuple[str, ...]) -> None:
+    async with serve(tmp_path, *http2_flags, "--service", "a=NOT_SERVING",
+                     "--service", "b=serving", "--service", "c=0") as served:
         assert await admin_request(served, "GET", "/healthz") == (
             200, {"service": "", "status": "SERVING"})
         assert await admin_request(served, "GET", "/healthz?service=a") == (
@@ -213,10 +214,13 @@ async def test_healthz_status_and_initial_services(tmp_path: Path) -> None:
 
         assert await admin_request(served, "POST", "/shutdown") == (202, {"draining": True})
         assert await served.wait() == 0, served.log()
+        assert f"(http2={http2_flags[-1]})" in served.log()  # the engine asked for
 
 
-async def test_put_delete_drain_resume_then_shutdown(tmp_path: Path) -> None:
-    async with serve(tmp_path, "--service", "b=SERVING", "--service", "c=NOT_SERVING") as served:
+async def test_put_delete_drain_resume_then_shutdown(
+        tmp_path: Path, http2_flags: tuple[str, ...]) -> None:
+    async with serve(tmp_path, *http2_flags, "--service", "b=SERVING",
+                     "--service", "c=NOT_SERVING") as served:
         assert await check_error(served, "x") == grpc.StatusCode.NOT_FOUND
         assert await admin_request(served, "PUT", "/status?service=x", b"SERVING") == (
             200, {"service": "x", "status": "SERVING", "draining": False})
@@ -290,8 +294,9 @@ async def test_burst_of_puts_on_one_keep_alive_connection(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_signal_drains_watchers_and_exits_zero(tmp_path: Path,
-                                                     signum: signal.Signals) -> None:
-    async with serve(tmp_path, "--grace", "5", "--service", "a=SERVING") as served:
+                                                     signum: signal.Signals,
+                                                     http2_flags: tuple[str, ...]) -> None:
+    async with serve(tmp_path, *http2_flags, "--grace", "5", "--service", "a=SERVING") as served:
         channel = served.channel()
         stub = health_pb2_grpc.HealthStub(channel)
         streams = [stub.Watch(health_pb2.HealthCheckRequest(service=name), timeout=30)
@@ -326,10 +331,11 @@ async def test_sigterm_right_after_the_listening_line_still_drains(tmp_path: Pat
             assert "received SIGTERM: draining" in served.log()
 
 
-async def test_second_signal_stops_a_drain_at_once(tmp_path: Path) -> None:
+async def test_second_signal_stops_a_drain_at_once(
+        tmp_path: Path, http2_flags: tuple[str, ...]) -> None:
     # A call whose request never completes holds the drain for the whole grace period (60 s);
     # the second SIGTERM must end the process without waiting for it.
-    async with serve(tmp_path, "--grace", "60", admin=False) as served:
+    async with serve(tmp_path, *http2_flags, "--grace", "60", admin=False) as served:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         conn.initiate_connection()
         conn.send_headers(1, [(":method", "POST"), (":scheme", "http"),

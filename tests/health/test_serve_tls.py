@@ -43,8 +43,9 @@ async def _probe(port: int, *flags: str) -> int:
     return result.returncode
 
 
-async def test_serve_tls_with_probe_and_grpcio(tmp_path: Path, pki: dict[str, str]) -> None:
-    async with serve(tmp_path, "--tls-cert", pki["server_cert"], "--tls-key",
+async def test_serve_tls_with_probe_and_grpcio(
+        tmp_path: Path, pki: dict[str, str], http2_flags: tuple[str, ...]) -> None:
+    async with serve(tmp_path, *http2_flags, "--tls-cert", pki["server_cert"], "--tls-key",
                      pki["server_key"], admin=False) as served:
         assert await _probe(served.port, "-tls", f"-tls-ca-cert={pki['ca']}") == 0
         # A CA that did not sign the server certificate: a connection failure, exit 2.
@@ -62,8 +63,10 @@ async def test_serve_tls_with_probe_and_grpcio(tmp_path: Path, pki: dict[str, st
         assert await in_thread(check) == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_serve_mtls_requires_client_cert(tmp_path: Path, pki: dict[str, str]) -> None:
-    async with serve(tmp_path, "--tls-cert", pki["server_cert"], "--tls-key", pki["server_key"],
+async def test_serve_mtls_requires_client_cert(
+        tmp_path: Path, pki: dict[str, str], http2_flags: tuple[str, ...]) -> None:
+    async with serve(tmp_path, *http2_flags, "--tls-cert", pki["server_cert"],
+                     "--tls-key", pki["server_key"],
                      "--tls-client-ca", pki["ca"], "--require-client-cert",
                      admin=False) as served:
         assert await _probe(served.port, "-tls", f"-tls-ca-cert={pki['ca']}",

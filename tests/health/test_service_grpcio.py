@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -108,11 +109,14 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
 
 
 @pytest.fixture
-async def start_server(nursery: trio.Nursery) -> AsyncIterator[StartServer]:
-    """Start HealthServers on 127.0.0.1:0; every one is shut down at teardown."""
+async def start_server(nursery: trio.Nursery,
+                       server_config: ServerConfig) -> AsyncIterator[StartServer]:
+    """Start HealthServers on 127.0.0.1:0 (on this run's engine unless ``config`` is given);
+    every one is shut down at teardown."""
     servers: list[HealthServer] = []
 
     async def start(state: HealthState | None = None, **kwargs: Any) -> HealthServer:
+        kwargs.setdefault("config", server_config)
         hs = HealthServer(state, **kwargs)
         await nursery.start(hs.serve_tcp, "127.0.0.1", 0)
         servers.append(hs)
@@ -490,10 +494,11 @@ async def test_flow_controlled_watcher_is_bounded_and_ends_on_latest(
 
 
 async def test_watchers_per_connection_are_capped(start_server: StartServer,
-                                                  open_channel: OpenChannel) -> None:
+                                                  open_channel: OpenChannel,
+                                                  server_config: ServerConfig) -> None:
     # More concurrent streams than the per-connection watcher cap (100), else grpcio would
     # queue the 101st call locally instead of sending it.
-    hs = await start_server(config=ServerConfig(max_concurrent_streams=200))
+    hs = await start_server(config=replace(server_config, max_concurrent_streams=200))
     channel = open_channel(hs.port)
     streams = [watch(channel, f"s{i % 7}") for i in range(100)]
 
@@ -577,7 +582,7 @@ async def test_shutdown_ends_watchers_with_not_serving_then_unavailable(
 
 
 async def test_health_service_embedded_next_to_application_methods(
-        open_channel: OpenChannel) -> None:
+        open_channel: OpenChannel, server_config: ServerConfig) -> None:
     async def reverse(request: bytes, call: ServerCall) -> bytes:
         return request[::-1]
 
@@ -585,7 +590,8 @@ async def test_health_service_embedded_next_to_application_methods(
         return data
 
     state = HealthState({"demo.Echo": SERVING})
-    server = Server([unary_unary("/demo.Echo/Reverse", reverse, identity, identity)])
+    server = Server([unary_unary("/demo.Echo/Reverse", reverse, identity, identity)],
+                    config=server_config)
     HealthService(state).attach(server)
     assert set(server.methods) == {"/demo.Echo/Reverse", CHECK_PATH, LIST_PATH, WATCH_PATH}
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from health import HealthState, ServingStatus, serve_health
+from health import HealthServer, HealthState, ServingStatus
 from health.config import ConfigError, TlsConfig, load_config, parse_config
 from health.sidecar import (
     SidecarProcess,
@@ -22,6 +22,7 @@ from health.sidecar import (
     build_runner,
     run_sidecar,
 )
+from wire import ServerConfig
 
 from .loopback import tcp_server
 
@@ -81,9 +82,9 @@ def test_the_process_refuses_a_bad_certificate(tmp_path: Path) -> None:
 # ----------------------------------------------------------------- run_sidecar
 
 
-async def test_run_sidecar_runs_the_checks() -> None:
+async def test_run_sidecar_runs_the_checks(server_config: ServerConfig) -> None:
     async with tcp_server() as db_port, trio.open_nursery() as nursery:
-        upstream = await nursery.start(serve_health, "127.0.0.1", 0)
+        upstream = await nursery.start(HealthServer(config=server_config).serve_tcp, "127.0.0.1", 0)
         upstream.set("up", NOT_SERVING)
         config = parse_config(f"""
 [server]

@@ -18,7 +18,7 @@ from health.subscriptions import Subscription, SubscriptionRegistry
 from tests.tasks import count_tasks
 from tests.wire.h2client import grpc_frame, open_memory_client
 from tests.wire.rawconn import BOUND
-from wire import ServerOptions, StatusCode
+from wire import ServerConfig, ServerOptions, StatusCode
 
 SERVING = ServingStatus.SERVING
 NOT_SERVING = ServingStatus.NOT_SERVING
@@ -185,8 +185,8 @@ def request(service: str) -> bytes:
     return grpc_frame(HealthCheckRequest(service=service).SerializeToString())
 
 
-async def test_idle_watch_streams_have_no_task() -> None:
-    hs = HealthServer(HealthState({"svc": SERVING}))
+async def test_idle_watch_streams_have_no_task(server_config: ServerConfig) -> None:
+    hs = HealthServer(HealthState({"svc": SERVING}), config=server_config)
     async with open_memory_client(hs.server.serve_stream) as client:
         first = await client.request(WATCH_PATH, request("svc"))
         await client.wait_for(first, 5 + len(response(SERVING)))
@@ -206,8 +206,9 @@ async def test_idle_watch_streams_have_no_task() -> None:
             assert rec.payloads() == [response(SERVING), response(NOT_SERVING)]
 
 
-async def test_watch_deadline_and_reset_unregister(autojump_clock: trio.abc.Clock) -> None:
-    hs = HealthServer(HealthState({"svc": SERVING}))
+async def test_watch_deadline_and_reset_unregister(
+        autojump_clock: trio.abc.Clock, server_config: ServerConfig) -> None:
+    hs = HealthServer(HealthState({"svc": SERVING}), config=server_config)
     async with open_memory_client(hs.server.serve_stream) as client:
         timed = await client.request(WATCH_PATH, request("svc"),
                                      headers=[(b"grpc-timeout", b"2S")])
@@ -224,10 +225,11 @@ async def test_watch_deadline_and_reset_unregister(autojump_clock: trio.abc.Cloc
         assert hs.state.watcher_count == 0
 
 
-async def test_watch_never_read_keeps_only_latest() -> None:
+async def test_watch_never_read_keeps_only_latest(server_config: ServerConfig) -> None:
     # A client that never opens its window: the server holds back once the stream is above
     # high water, and only the latest status goes out when the window opens.
-    hs = HealthServer(HealthState({"w": SERVING}), options=ServerOptions(stream_high_water=64))
+    hs = HealthServer(HealthState({"w": SERVING}), options=ServerOptions(stream_high_water=64),
+                      config=server_config)
     async with open_memory_client(hs.server.serve_stream, initial_window_size=0,
                                   auto_ack=False) as client:
         sid = await client.request(WATCH_PATH, request("w"))

@@ -19,7 +19,7 @@ import trio.testing
 from health import HealthServer, ServingStatus
 from health.client import HealthClient
 from tests.streams import PAIRS, StreamPair
-from wire import Channel, RpcError, StatusCode, open_channel
+from wire import Channel, RpcError, ServerConfig, StatusCode, open_channel
 
 SERVING = ServingStatus.SERVING
 NOT_SERVING = ServingStatus.NOT_SERVING
@@ -44,8 +44,9 @@ async def connected(health: HealthServer, pair: StreamPair) -> AsyncIterator[Cha
 
 
 @pytest.mark.parametrize("pair", PAIRS)
-async def test_watch_ends_on_the_latest_status_after_a_burst(pair: StreamPair) -> None:
-    health = HealthServer()
+async def test_watch_ends_on_the_latest_status_after_a_burst(
+        pair: StreamPair, server_config: ServerConfig) -> None:
+    health = HealthServer(config=server_config)
     health.set("svc", SERVING)
     seen: list[ServingStatus] = []
     with trio.fail_after(LIMIT):
@@ -75,8 +76,8 @@ async def collect(stream: AsyncIterator[ServingStatus], into: list[ServingStatus
 
 @pytest.mark.parametrize("pair", PAIRS)
 async def test_drain_pushes_not_serving_then_ends_watch_with_unavailable(
-        pair: StreamPair) -> None:
-    health = HealthServer()
+        pair: StreamPair, server_config: ServerConfig) -> None:
+    health = HealthServer(config=server_config)
     seen: list[ServingStatus] = []
     with trio.fail_after(LIMIT):
         async with connected(health, pair) as channel:

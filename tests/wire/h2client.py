@@ -100,10 +100,10 @@ class StreamRecord:
     @property
     def trailers(self) -> HeaderBlock:
         """The block that ended the stream: trailers, or the only block of Trailers-Only."""
-        assert self.blocks and self.blocks[-1].end_stream, (
-            f"stream {self.stream_id}: no HEADERS with END_STREAM (blocks={self.blocks!r}, "
-            f"reset={self.reset_code})"
-        )
+        why = (f"stream {self.stream_id}: no HEADERS with END_STREAM (blocks={self.blocks!r}, "
+               f"reset={self.reset_code})")
+        assert self.blocks, why
+        assert self.blocks[-1].end_stream, why
         return self.blocks[-1]
 
     @property
@@ -144,7 +144,8 @@ class StreamRecord:
         assert not any(c for c, _ in msgs), "unexpected compressed message"
         return [p for _, p in msgs]
 
-    def _touch(self) -> None:
+    def touch(self) -> None:
+        """Wake whoever waits on ``changed`` (the reader calls it after each update)."""
         self.changed.set()
         self.changed = trio.Event()
 
@@ -225,6 +226,11 @@ class H2Client:
                     await self.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self._lost()
+
+    async def send_raw(self, data: bytes) -> None:
+        """Write bytes h2 knows nothing of, between (never inside) the client's own writes."""
+        async with self._send_lock:
+            await self.stream.send_all(data)
 
     def new_stream(self) -> int:
         """Allocate the next stream id and its record."""
@@ -326,7 +332,8 @@ class H2Client:
 
     # ----------------------------------------------------------------- receiving
 
-    async def _start(self) -> None:
+    async def start(self) -> None:
+        """Send the preface and our SETTINGS."""
         self.conn.initiate_connection()
         if self._initial_window_size is not None:
             self.conn.update_settings(
@@ -334,7 +341,8 @@ class H2Client:
             )
         await self.flush()
 
-    async def _read_loop(self) -> None:
+    async def read_loop(self) -> None:
+        """Read and handle the server's frames until the connection ends."""
         while True:
             data = await receive_or_eof(self.stream)
             if not data:
@@ -355,7 +363,7 @@ class H2Client:
         if isinstance(ev, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
             rec = self.streams[ev.stream_id]
             rec.blocks.append(HeaderBlock(list(ev.headers or []), ev.stream_ended is not None))
-            rec._touch()
+            rec.touch()
         elif isinstance(ev, h2.events.DataReceived):
             rec = self.streams[ev.stream_id]
             rec.data += ev.data or b""
@@ -365,18 +373,18 @@ class H2Client:
                     self.conn.acknowledge_received_data(n, ev.stream_id)
                 else:
                     self._unacked[ev.stream_id] = self._unacked.get(ev.stream_id, 0) + n
-            rec._touch()
+            rec.touch()
         elif isinstance(ev, h2.events.StreamEnded):
             rec = self.streams[ev.stream_id]
             rec.ended = True
             rec.closed.set()
-            rec._touch()
+            rec.touch()
         elif isinstance(ev, h2.events.StreamReset):
             rec = self.streams[ev.stream_id]
             if ev.remote_reset:
                 rec.reset_code = int(ev.error_code or 0)
             rec.closed.set()
-            rec._touch()
+            rec.touch()
             self._wake_senders()
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.goaways.append(
@@ -401,7 +409,7 @@ class H2Client:
             if not rec.closed.is_set():
                 rec.connection_lost = True
                 rec.closed.set()
-                rec._touch()
+                rec.touch()
         self._wake_senders()
 
 
@@ -430,8 +438,8 @@ async def open_h2_client(
                       ignore_max_concurrent_streams=ignore_max_concurrent_streams)
     try:
         async with trio.open_nursery() as nursery:
-            await client._start()
-            nursery.start_soon(client._read_loop)
+            await client.start()
+            nursery.start_soon(client.read_loop)
             try:
                 yield client
             finally:

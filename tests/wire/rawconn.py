@@ -209,6 +209,12 @@ class RawConn:
         await self.wait_until(lambda: self._settings_pending > 0 or self._acked)
         await self._ack_settings()
 
+    async def send_preface(self, *chunks: bytes) -> None:
+        """Send the preface followed by ``chunks`` (SETTINGS first) without waiting for the
+        server's SETTINGS, which are acknowledged whenever they are read."""
+        await self.send(PREFACE, *chunks)
+        self._preface_sent = True
+
     async def _ack_settings(self) -> None:
         # Only after our preface: anything before it would be a bad preface.
         while self._preface_sent and self._settings_pending:
@@ -246,19 +252,25 @@ class RawConn:
             await self.eof.wait()
 
     async def read_loop(self) -> None:
-        while True:
-            data = await receive_or_eof(self.stream)
-            if not data:
-                self.eof.set()
-                for rec in self.streams.values():
-                    rec.closed.set()
-                self._touch()
-                return
-            self.bytes_in += len(data)
-            self._buf += data
-            for frame in self._take_frames():
-                await self._on_frame(frame)
+        """Read and handle the server's frames until the connection ends."""
+        while await self.receive_once():
+            pass
+
+    async def receive_once(self) -> bool:
+        """One read from the server, its frames handled; False once the connection ended."""
+        data = await receive_or_eof(self.stream)
+        if not data:
+            self.eof.set()
+            for rec in self.streams.values():
+                rec.closed.set()
             self._touch()
+            return False
+        self.bytes_in += len(data)
+        self._buf += data
+        for frame in self._take_frames():
+            await self._on_frame(frame)
+        self._touch()
+        return True
 
     def _touch(self) -> None:
         self.changed.set()

@@ -102,7 +102,8 @@ def test_server_preface_settings_and_window() -> None:
     conn = ServerConnection(ServerConfig(max_concurrent_streams=7, initial_window_size=12345,
                                          http2="native"))
     settings, window = parse_frames(conn.data_to_send())
-    assert isinstance(settings, SettingsFrame) and isinstance(window, WindowUpdateFrame)
+    assert isinstance(settings, SettingsFrame)
+    assert isinstance(window, WindowUpdateFrame)
     assert settings.settings == {
         SettingsFrame.MAX_CONCURRENT_STREAMS: 7,
         SettingsFrame.MAX_HEADER_LIST_SIZE: 16 * 1024,
@@ -110,7 +111,8 @@ def test_server_preface_settings_and_window() -> None:
         SettingsFrame.MAX_FRAME_SIZE: 16384,
         SettingsFrame.ENABLE_PUSH: 0,
     }
-    assert window.stream_id == 0 and window.window_increment == 4 * 1024 * 1024 - 65535
+    assert window.stream_id == 0
+    assert window.window_increment == 4 * 1024 * 1024 - 65535
 
 
 def test_preface_dripped_byte_by_byte_then_settings_acked() -> None:
@@ -121,13 +123,15 @@ def test_preface_dripped_byte_by_byte_then_settings_acked() -> None:
         conn.receive_data(bytes([b]))
     assert conn.preface_received
     [ack] = frames_out(conn)
-    assert isinstance(ack, SettingsFrame) and "ACK" in ack.flags
+    assert isinstance(ack, SettingsFrame)
+    assert "ACK" in ack.flags
 
 
 def test_first_frame_must_be_settings() -> None:
     conn = ServerConnection(ServerConfig(http2="native"))
     goaway = goaway_of(conn, PREFACE + ping_frame())
-    assert goaway.error_code == PROTOCOL_ERROR and b"preamble" in goaway.additional_data
+    assert goaway.error_code == PROTOCOL_ERROR
+    assert b"preamble" in goaway.additional_data
 
 
 # ------------------------------------------------------------------------------- SETTINGS
@@ -156,7 +160,8 @@ def test_unknown_setting_ignored_and_acked() -> None:
     conn = connect()
     conn.receive_data(raw_frame(0x4, 0, 0, struct.pack(">HI", 0x99, 7)))
     [ack] = frames_out(conn)
-    assert isinstance(ack, SettingsFrame) and "ACK" in ack.flags
+    assert isinstance(ack, SettingsFrame)
+    assert "ACK" in ack.flags
 
 
 def test_initial_window_change_applies_to_open_streams() -> None:
@@ -182,7 +187,8 @@ def test_peer_max_frame_size_splits_data_and_headers() -> None:
     conn.send_message(1, b"z" * 40000)
     out = frames_out(conn)
     assert [type(f) for f in out[:2]] == [HeadersFrame, ContinuationFrame]
-    assert "END_HEADERS" not in out[0].flags and "END_HEADERS" in out[1].flags
+    assert "END_HEADERS" not in out[0].flags
+    assert "END_HEADERS" in out[1].flags
     data = [f for f in out if isinstance(f, DataFrame)]
     assert all(len(f.data) <= 16384 for f in data)
     assert sum(len(f.data) for f in data) == 40005
@@ -225,7 +231,9 @@ def test_ping_acked_with_same_payload() -> None:
     conn = connect()
     conn.receive_data(ping_frame(b"12345678"))
     [ack] = frames_out(conn)
-    assert isinstance(ack, PingFrame) and "ACK" in ack.flags and ack.opaque_data == b"12345678"
+    assert isinstance(ack, PingFrame)
+    assert "ACK" in ack.flags
+    assert ack.opaque_data == b"12345678"
     conn.receive_data(raw_frame(0x6, 0x1, 0, b"87654321"))  # an ACK: no answer
     assert frames_out(conn) == []
     assert goaway_of(conn, raw_frame(0x6, 0, 0, b"1234567")).error_code == FRAME_SIZE_ERROR
@@ -351,7 +359,8 @@ def test_stream_id_rules() -> None:
     conn = connect()
     conn.receive_data(request_frames(5))
     goaway = goaway_of(conn, request_frames(3))  # lower than the highest
-    assert goaway.error_code == PROTOCOL_ERROR and goaway.last_stream_id == 5
+    assert goaway.error_code == PROTOCOL_ERROR
+    assert goaway.last_stream_id == 5
 
 
 def test_continuation_must_follow_on_the_same_stream() -> None:

@@ -33,6 +33,8 @@ from hyperframe.frame import GoAwayFrame, PingFrame, SettingsFrame
 
 import wire.server
 from wire import (
+    ConnectionInfo,
+    ConnectionStats,
     Server,
     ServerCall,
     ServerConfig,
@@ -107,7 +109,9 @@ def assert_ok(rec: StreamRecord, payloads: list[bytes]) -> None:
 
 def assert_trailers_only(rec: StreamRecord, code: StatusCode) -> None:
     assert rec.blocks, rec
-    assert len(rec.blocks) == 1 and rec.blocks[0].end_stream and not rec.data, rec
+    assert len(rec.blocks) == 1, rec
+    assert rec.blocks[0].end_stream, rec
+    assert not rec.data, rec
     assert rec.blocks[0].get(":status") == "200"
     assert rec.grpc_status == code, (rec.grpc_status, rec.grpc_message)
 
@@ -119,8 +123,8 @@ class Bystander:
         self.client = client
         self.interval = interval
         self.ok = 0
-        #: The server's state of this connection (when known).
-        self.state: Any = None
+        #: The server's ConnectionInfo of this connection (when known).
+        self.info: ConnectionInfo | None = None
 
     async def check(self) -> None:
         """One Echo that must succeed now."""
@@ -148,7 +152,7 @@ async def bystander(server: Server, *, interval: float = 0.05,
         b = Bystander(client, interval)
         await b.check()
         if stream is None:
-            [b.state] = server._connections
+            [b.info] = server.connections()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(b.loop)
             yield b
@@ -178,11 +182,17 @@ def attack_requests(service: WireService) -> list[bytes]:
     return [r for r in service.requests if not r.startswith(b"bystander")]
 
 
-def attacker_state(server: Server, b: Bystander) -> Any:
-    """The server's bookkeeping of the one connection that is not the bystander's."""
-    states = [s for s in server._connections if s is not b.state]
-    assert len(states) == 1, states
-    return states[0]
+def attacker_stats(server: Server, b: Bystander) -> ConnectionStats:
+    """A snapshot of the one connection that is not the bystander's."""
+    stats = [s for s in server.connection_stats() if s.info is not b.info]
+    assert len(stats) == 1, stats
+    return stats[0]
+
+
+def stats_with(server: Server, sid: int) -> ConnectionStats:
+    """A snapshot of the one connection with a call on stream ``sid``."""
+    [stats] = [s for s in server.connection_stats() if sid in s.calls]
+    return stats
 
 
 # ================================================================================ 1. rapid reset
@@ -231,7 +241,8 @@ async def test_rapid_reset_goaway_and_handlers_bounded(http2: str) -> None:
             await raw.wait_until(lambda: hold.running == limit)
             await trio.testing.wait_all_tasks_blocked()
             assert hold.running == limit
-        assert not raw.goaways and not raw.eof.is_set()
+        assert not raw.goaways
+        assert not raw.eof.is_set()
         assert hold.peak <= limit
         await b.check()
         # Phase 2: the textbook attack, HEADERS then RST_STREAM at once, in one write.
@@ -293,16 +304,18 @@ async def test_reset_in_the_same_read_as_the_request(kind: str, http2: str) -> N
         if kind == "window-update":
             await raw.send(settings_frame({0x4: 65535}))
         await b.check()
-        state = attacker_state(server, b)
+        stats = attacker_stats(server, b)
         if kind == "refused":
-            assert len(state.calls) == state.conn.open_calls == len(held)
+            assert len(stats.calls) == stats.open_streams == len(held)
             await raw.send(*(rst_frame(s) for s in held))
             await raw.wait_until(lambda: hold.running == 0)
         # The connection is fine and forgot every reset call.
         ok_sid = raw.new_sid()
         await raw.send(request_frames(ok_sid, ECHO, b"alive"))
         assert_ok(await raw.wait_closed(ok_sid), [b"alive"])
-        assert not state.calls and state.conn.open_calls == 0
+        stats = attacker_stats(server, b)
+        assert not stats.calls
+        assert stats.open_streams == 0
         assert not raw.goaways
     if kind == "refused":
         assert hold.running == 0
@@ -528,7 +541,8 @@ async def test_empty_data_flood(http2: str) -> None:
         # The limit is tolerated (and never answered)...
         await raw.send(*([data_frame(sid)] * config.max_empty_data_frames))
         await trio.testing.wait_all_tasks_blocked()
-        assert not raw.goaways and not raw.record(sid).closed.is_set()
+        assert not raw.goaways
+        assert not raw.record(sid).closed.is_set()
         quiet = raw.bytes_in
         # ... one more is not.
         await send_until_closed(raw, b, *([data_frame(sid)] * 100))
@@ -552,7 +566,8 @@ async def test_window_update_flood_then_overflow(http2: str) -> None:
         # 20,000 one-byte increments on the connection: tolerated, and never answered.
         await raw.send(*([window_update_frame(0, 1)] * 20_000))
         await trio.testing.wait_all_tasks_blocked()
-        assert not raw.goaways and not raw.eof.is_set()
+        assert not raw.goaways
+        assert not raw.eof.is_set()
         assert raw.bytes_in == before_in
         await b.check()
         # One-byte increments on the stream: each lets one byte out, never more than came in.
@@ -592,11 +607,11 @@ async def test_zero_window_reader_output_bounded(http2: str) -> None:
         for _ in range(5):  # the handler stays parked however often we look
             await trio.testing.wait_all_tasks_blocked()
             await b.check()
-        [state] = [s for s in server._connections if sid in s.calls]
-        queued = state.conn.pending_output(sid)
+        stats = stats_with(server, sid)
+        queued = stats.pending_output[sid]
         assert 0 < queued <= options.stream_high_water + FOREVER_MESSAGE
         assert service.sent <= (options.stream_high_water + FOREVER_MESSAGE) // FOREVER_MESSAGE
-        assert sid in state.blocked  # the handler waits in send(), it is not producing
+        assert sid in stats.held  # the handler waits in send(), it is not producing
         assert not raw.record(sid).data  # a zero window lets nothing out
         await raw.send(rst_frame(sid))
         with trio.fail_after(BOUND):
@@ -615,11 +630,11 @@ async def test_many_zero_window_streams_bounded_per_connection(http2: str) -> No
         await raw.send(*(request_frames(s, STREAM_FOREVER, b"") for s in sids))
         await trio.testing.wait_all_tasks_blocked()
         await b.check()
-        [state] = [s for s in server._connections if sids[0] in s.calls]
+        stats = stats_with(server, sids[0])
         per_stream = options.stream_high_water + FOREVER_MESSAGE
-        assert all(state.conn.pending_output(s) <= per_stream for s in sids)
-        assert sum(state.conn.pending_output(s) for s in sids) <= len(sids) * per_stream
-        assert len(state.blocked) == len(sids)
+        assert all(stats.pending_output[s] <= per_stream for s in sids)
+        assert sum(stats.pending_output[s] for s in sids) <= len(sids) * per_stream
+        assert stats.held == set(sids)
 
 
 async def test_client_that_stops_reading_is_disconnected_after_write_timeout(
@@ -639,15 +654,14 @@ async def test_client_that_stops_reading_is_disconnected_after_write_timeout(
         nursery.start_soon(serve)
         raw = RawConn(client_end)
         # Open every window wide, ask for an endless stream, read a little, then stop.
-        await raw.send(PREFACE, settings_frame({0x4: MAX_WINDOW}),
-                       window_update_frame(0, MAX_WINDOW - 65535))
-        raw._preface_sent = True
+        await raw.send_preface(settings_frame({0x4: MAX_WINDOW}),
+                               window_update_frame(0, MAX_WINDOW - 65535))
         sid = raw.new_sid()
         await raw.send(request_frames(sid, STREAM_FOREVER, b""))
         await _read_until(raw, lambda: len(raw.record(sid).data) > 50_000)
         stopped = trio.current_time()
         sent_when_stopped = service.sent
-        [state] = [s for s in server._connections if sid in s.calls]
+        info = stats_with(server, sid).info
         await b.check()
         with trio.fail_after(options.write_timeout + BOUND):
             await served.wait()
@@ -655,7 +669,7 @@ async def test_client_that_stops_reading_is_disconnected_after_write_timeout(
         with trio.fail_after(BOUND):
             await service.cancelled.wait()
         await b.check()
-        assert state not in server._connections
+        assert info not in list(server.connections())
     assert elapsed >= options.write_timeout  # virtual time
     # While the writer was stuck the handler was held back: what it produced meanwhile is
     # bounded by the write backlog (the chunk being written plus what waits behind it).
@@ -667,11 +681,7 @@ async def _read_until(raw: RawConn, done: Callable[[], bool]) -> None:
     """Read (and answer SETTINGS) until ``done()``, then stop reading for good."""
     with trio.fail_after(BOUND):
         while not done():
-            data = await raw.stream.receive_some(65536)
-            assert data, "connection closed early"
-            raw._buf += data
-            for frame in raw._take_frames():
-                await raw._on_frame(frame)
+            assert await raw.receive_once(), "connection closed early"
 
 
 async def test_request_flood_from_a_client_that_never_reads_is_throttled(
@@ -872,7 +882,7 @@ async def test_max_connections(http2: str) -> None:
             done.set()
         # Once they are gone (the server has seen them close), new connections are served.
         with trio.fail_after(BOUND):
-            await server._no_connections.wait()
+            await server.wait_no_connections()
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with open_h2_client(stream) as client:
             await Bystander(client, 0).check()
@@ -1045,7 +1055,7 @@ async def test_memory_bounded_after_10000_open_and_reset_streams(http2: str) -> 
         await b.check()
     assert growth < 50 << 20, f"RSS grew by {growth / (1 << 20):.1f} MiB"
     assert hold.running == 0
-    assert not server._connections or all(not s.calls for s in server._connections)
+    assert all(not s.calls for s in server.connection_stats())
 
 
 async def test_memory_bounded_after_10000_resets_on_one_connection_with_raised_limit(
@@ -1056,12 +1066,12 @@ async def test_memory_bounded_after_10000_resets_on_one_connection_with_raised_l
                          config=ServerConfig(max_client_resets=total + 1))
     gc.collect()
     async with bystander(server, interval=0.5) as b:
-        others = set(server._connections)
+        others = set(server.connections())
         async with open_raw(server) as raw:
             s = raw.new_sid()
             await raw.send(request_frames(s, hold.PATH), rst_frame(s))
-            await raw.wait_until(lambda: len(server._connections) > len(others))
-            [state] = server._connections - others
+            await raw.wait_until(lambda: server.connection_count > len(others))
+            [info] = set(server.connections()) - others
             gc.collect()
             base = rss_bytes()
             limit = server.config.max_concurrent_streams
@@ -1081,7 +1091,9 @@ async def test_memory_bounded_after_10000_resets_on_one_connection_with_raised_l
             growth = rss_bytes() - base
             await b.check()
             assert not raw.goaways
-            assert state.conn.open_calls == 0 and not state.calls
+            [stats] = [s for s in server.connection_stats() if s.info is info]
+            assert stats.open_streams == 0
+            assert not stats.calls
     assert growth < 50 << 20, f"RSS grew by {growth / (1 << 20):.1f} MiB"
     assert hold.started == total
     assert hold.running == 0

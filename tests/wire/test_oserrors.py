@@ -40,3 +40,9 @@ def test_a_long_chain_is_followed_only_so_far() -> None:
         link.__cause__ = chain
         chain = link
     assert describe_os_error(chain) == "link 9"
+
+
+def test_wire_client_re_exports_the_one_definition() -> None:
+    import wire.client
+
+    assert wire.client.describe_os_error is describe_os_error

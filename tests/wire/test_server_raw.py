@@ -288,7 +288,8 @@ async def test_te_other_than_trailers_is_malformed(server: Server, http2: str) -
         assert ok is not None
         assert_ok(ok, [b"ping"])
     else:
-        assert rec.reset_code is None and rec.connection_lost
+        assert rec.reset_code is None
+        assert rec.connection_lost
         assert [g.error_code for g in client.goaways] == [int(h2.errors.ErrorCodes.PROTOCOL_ERROR)]
 
 
@@ -302,7 +303,8 @@ async def test_unknown_method_trailers_only_exact_shape(server: Server) -> None:
         ok = await unary(client, ECHO)
     # Exactly one HEADERS frame, with END_STREAM, and nothing else on the stream.
     assert rec.trailers_only
-    assert rec.ended and rec.reset_code is None
+    assert rec.ended
+    assert rec.reset_code is None
     assert rec.blocks[0].headers == [
         (b":status", b"200"),
         (b"content-type", b"application/grpc"),
@@ -481,7 +483,8 @@ async def test_handler_rpc_error_passes_status_metadata_and_details(server: Serv
     assert block.get("x-why") == "because"
     assert block.get("x-why-bin") == "AP8Q"  # base64 of 00 ff 10, unpadded
     details = block.get("grpc-status-details-bin")
-    assert details is not None and "=" not in details
+    assert details is not None
+    assert "=" not in details
     assert details.encode() + b"=" * (-len(details) % 4) == base64.b64encode(FAIL_DETAILS)
 
 
@@ -643,7 +646,8 @@ async def test_client_reset_cancels_handler(server: Server, service: WireService
         # Nothing went out on the reset stream before the call that follows the reset.
         ok = await reset_cancels_handler(client, service, sid)
         rec = client.streams[sid]
-    assert rec.blocks == [] and not rec.data
+    assert rec.blocks == []
+    assert not rec.data
     assert_ok(ok, [b"ping"])
 
 
@@ -670,10 +674,9 @@ async def test_client_goaway_lets_calls_in_flight_finish(server: Server,
         goaway = GoAwayFrame(0)
         goaway.last_stream_id = 0
         goaway.error_code = NO_ERROR
-        # Written by hand (h2 would stop processing after its own GOAWAY), under the client's
-        # send lock so it cannot interleave with the client's own frames.
-        async with client._send_lock:
-            await client.stream.send_all(goaway.serialize())
+        # Written by hand (h2 would stop processing after its own GOAWAY), never interleaved
+        # with the client's own frames.
+        await client.send_raw(goaway.serialize())
         await trio.testing.wait_all_tasks_blocked()
         service.release.set()
         with trio.fail_after(BOUND):
@@ -706,7 +709,8 @@ async def test_graceful_shutdown(server: Server, service: WireService) -> None:
             late = await client.request(ECHO, grpc_frame(b"late"))
             rec_late = await client.wait(late)
             assert rec_late.reset_code == REFUSED_STREAM
-            assert not client.eof.is_set() and not shut.is_set()
+            assert not client.eof.is_set()
+            assert not shut.is_set()
             service.release.set()
             with trio.fail_after(BOUND):
                 rec = await client.wait(sid)
@@ -777,7 +781,8 @@ async def test_shutdown_idle_connection(server: Server) -> None:
             await server.shutdown(grace=BOUND)
             await client.eof.wait()
     assert_ok(ok, [b"ping"])
-    assert client.goaways and client.goaways[-1].error_code == NO_ERROR
+    assert client.goaways
+    assert client.goaways[-1].error_code == NO_ERROR
 
 
 # ---------------------------------------------------------------------------------- flow control
@@ -834,7 +839,8 @@ async def test_streaming_error_after_messages_uses_trailers(http2: str) -> None:
                     config=ServerConfig(http2=http2))
     async with open_memory_client(server.serve_stream) as client:
         rec = await unary(client, "/test.S/Fail")
-    assert len(rec.blocks) == 2 and rec.ended
+    assert len(rec.blocks) == 2
+    assert rec.ended
     assert rec.headers.get("x-first") == "1"
     assert rec.payloads() == [b"one", b"two"]
     assert rec.blocks[1].headers == [
