@@ -235,6 +235,20 @@ class AppBackend(MemoryBackend):
             await send(f"{self.name}{i}".encode())
 
 
+def app_backends(nursery: trio.Nursery, config: ServerConfig,
+                 *addresses: str) -> dict[str, AppBackend]:
+    """A healthy AppBackend per address, named by the address's first letter."""
+    return {address: AppBackend(nursery, address[0], config=config) for address in addresses}
+
+
+@asynccontextmanager
+async def settled_pool(table: Mapping[str, MemoryBackend]) -> AsyncIterator[HealthyPool]:
+    """A pool over ``table``'s addresses, yielded once every one of them is healthy."""
+    async with open_pool(list(table), open_channel_for=opener(table)) as pool:
+        await settle(pool, tuple(table))
+        yield pool
+
+
 class Answers:
     """An injected resolver: the test sets ``answer`` (a list, or an exception to raise)."""
 
@@ -372,8 +386,7 @@ async def test_no_healthy_backend_resolves_again_at_once(
         autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     answers = Answers("a:1")
     async with trio.open_nursery() as nursery:
-        table = {"a:1": AppBackend(nursery, "a", config=server_config),
-                 "b:1": AppBackend(nursery, "b", config=server_config)}
+        table = app_backends(nursery, server_config, "a:1", "b:1")
         async with open_pool("svc:1", resolver=answers, resolve_interval=30,
                              min_resolve_interval=5, open_channel_for=opener(table)) as pool:
             t0 = answers.asked[0]
@@ -414,8 +427,7 @@ async def test_leaving_backend_drains_calls_in_flight(
         autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     answers = Answers("a:1", "b:1")
     async with trio.open_nursery() as nursery:
-        table = {"a:1": AppBackend(nursery, "a", config=server_config),
-                 "b:1": AppBackend(nursery, "b", config=server_config)}
+        table = app_backends(nursery, server_config, "a:1", "b:1")
         async with open_pool("svc:1", resolver=answers, resolve_interval=10,
                              open_channel_for=opener(table)) as pool:
             await settle(pool, ("a:1", "b:1"))
@@ -442,8 +454,7 @@ async def test_drain_is_bounded_by_drain_timeout(
         server_config: ServerConfig) -> None:
     answers = Answers("a:1")
     async with trio.open_nursery() as nursery:
-        table = {"a:1": AppBackend(nursery, "a", config=server_config),
-                 "b:1": AppBackend(nursery, "b", config=server_config)}
+        table = app_backends(nursery, server_config, "a:1", "b:1")
         async with open_pool("svc:1", resolver=answers, resolve_interval=10, drain_timeout=15,
                              open_channel_for=opener(table)) as pool:
             await settle(pool, ("a:1",))
@@ -499,8 +510,7 @@ async def test_unary_unary_retries_once_after_a_refused_connection(
         # away is still picked; the connection to it is refused.
         table = {"a:1": AppBackend(nursery, "a", None, config=server_config),
                  "b:1": AppBackend(nursery, "b", None, config=server_config)}
-        async with open_pool(["a:1", "b:1"], open_channel_for=opener(table)) as pool:
-            await settle(pool, ("a:1", "b:1"))
+        async with settled_pool(table) as pool:
             assert (await pool.unary_unary(WHO, b"")).response == b"a"
             assert (await pool.unary_unary(WHO, b"")).response == b"b"
             await table["a:1"].down()
@@ -539,8 +549,7 @@ async def test_the_retry_gets_what_is_left_of_the_deadline(
     async with trio.open_nursery() as nursery:
         slow = SlowToRefuse(nursery, "a", None, config=server_config)
         table = {"a:1": slow, "b:1": AppBackend(nursery, "b", None, config=server_config)}
-        async with open_pool(["a:1", "b:1"], open_channel_for=opener(table)) as pool:
-            await settle(pool, ("a:1", "b:1"))
+        async with settled_pool(table) as pool:
             await slow.down()
             slow.delay = 3
             t0 = trio.current_time()
@@ -559,10 +568,8 @@ async def test_the_retry_gets_what_is_left_of_the_deadline(
 async def test_errors_after_the_server_processed_the_call_are_not_retried(
         autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        table = {"a:1": AppBackend(nursery, "a", config=server_config),
-                 "b:1": AppBackend(nursery, "b", config=server_config)}
-        async with open_pool(["a:1", "b:1"], open_channel_for=opener(table)) as pool:
-            await settle(pool, ("a:1", "b:1"))
+        table = app_backends(nursery, server_config, "a:1", "b:1")
+        async with settled_pool(table) as pool:
             with pytest.raises(RpcError, match="a is overloaded") as info:
                 await pool.unary_unary(FAIL, b"")
             assert info.value.code is StatusCode.UNAVAILABLE
@@ -573,10 +580,8 @@ async def test_errors_after_the_server_processed_the_call_are_not_retried(
 async def test_unary_stream_round_robin_and_metadata(
         autojump_clock: trio.testing.MockClock, server_config: ServerConfig) -> None:
     async with trio.open_nursery() as nursery:
-        table = {"a:1": AppBackend(nursery, "a", config=server_config),
-                 "b:1": AppBackend(nursery, "b", config=server_config)}
-        async with open_pool(["a:1", "b:1"], open_channel_for=opener(table)) as pool:
-            await settle(pool, ("a:1", "b:1"))
+        table = app_backends(nursery, server_config, "a:1", "b:1")
+        async with settled_pool(table) as pool:
             seen = []
             for _ in range(2):
                 async with pool.unary_stream(STREAM, b"", timeout=5) as stream:
