@@ -637,12 +637,9 @@ async def test_many_zero_window_streams_bounded_per_connection(http2: str) -> No
         assert stats.held == set(sids)
 
 
-async def test_client_that_stops_reading_is_disconnected_after_write_timeout(
-    autojump_clock: trio.testing.MockClock, http2: str) -> None:
-    # Lockstep streams: a write completes only when the peer reads it, like a full socket.
-    options = ServerOptions(write_timeout=3.0, max_write_backlog=256 * 1024)
-    service = WireService()
-    server = make_server(service, http2=http2, options=options)
+def serve_lockstep(server: Server, nursery: trio.Nursery) -> tuple[RawConn, trio.Event]:
+    """A RawConn to ``server`` over lockstep streams, served in ``nursery``; the event is set
+    once the server is done with the connection."""
     server_end, client_end = trio.testing.lockstep_stream_pair()
     served = trio.Event()
 
@@ -650,9 +647,18 @@ async def test_client_that_stops_reading_is_disconnected_after_write_timeout(
         await server.serve_stream(server_end)
         served.set()
 
+    nursery.start_soon(serve)
+    return RawConn(client_end), served
+
+
+async def test_client_that_stops_reading_is_disconnected_after_write_timeout(
+    autojump_clock: trio.testing.MockClock, http2: str) -> None:
+    # Lockstep streams: a write completes only when the peer reads it, like a full socket.
+    options = ServerOptions(write_timeout=3.0, max_write_backlog=256 * 1024)
+    service = WireService()
+    server = make_server(service, http2=http2, options=options)
     async with bystander(server, interval=0.5) as b, trio.open_nursery() as nursery:
-        nursery.start_soon(serve)
-        raw = RawConn(client_end)
+        raw, served = serve_lockstep(server, nursery)
         # Open every window wide, ask for an endless stream, read a little, then stop.
         await raw.send_preface(settings_frame({0x4: MAX_WINDOW}),
                                window_update_frame(0, MAX_WINDOW - 65535))
@@ -692,13 +698,7 @@ async def test_request_flood_from_a_client_that_never_reads_is_throttled(
     options = ServerOptions(write_timeout=3.0, max_write_backlog=64 * 1024)
     service = WireService()
     server = make_server(service, http2=http2, options=options)
-    server_end, client_end = trio.testing.lockstep_stream_pair()
-    served = trio.Event()
     requests_sent = 0
-
-    async def serve() -> None:
-        await server.serve_stream(server_end)
-        served.set()
 
     async def flood(raw: RawConn) -> None:
         nonlocal requests_sent
@@ -709,8 +709,7 @@ async def test_request_flood_from_a_client_that_never_reads_is_throttled(
             requests_sent += len(batch)
 
     async with bystander(server, interval=0.5) as b, trio.open_nursery() as nursery:
-        nursery.start_soon(serve)
-        raw = RawConn(client_end)
+        raw, served = serve_lockstep(server, nursery)
         await raw.send(PREFACE, settings_frame())
         nursery.start_soon(flood, raw)
         with trio.fail_after(options.write_timeout + BOUND):
