@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import trio
 
@@ -45,6 +45,8 @@ from .status import ServingStatus
 from .transport import TRANSPORT_NAMES, TransportSettings, flag_help, parse_flag_value
 
 __all__ = ["main", "serve_main"]
+
+_N = TypeVar("_N", int, float)
 
 #: The program name when it cannot be told how we were started (``main(argv)`` from code).
 DEFAULT_PROG = "python -m health"
@@ -84,34 +86,26 @@ def _service_arg(text: str) -> tuple[str, ServingStatus]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range: {value}")
-    return value
+def _bounded(convert: Callable[[str], _N], what: str, ok: Callable[[_N], bool],
+             bad: str) -> Callable[[str], _N]:
+    """An argparse type: ``convert`` the text, refused unless ``ok``; the messages say why."""
+
+    def parse(text: str) -> _N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(bad.format(text=text, value=value))
+        return value
+
+    return parse
 
 
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0: {text!r}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
+_port = _bounded(int, "a port number", lambda v: 0 <= v <= 65535, "port out of range: {value}")
+_nonneg_float = _bounded(float, "a number", lambda v: 0 <= v < float("inf"),
+                         "must be a number >= 0: {text!r}")
+_nonneg_int = _bounded(int, "a whole number", lambda v: v >= 0, "must be >= 0: {text!r}")
 
 
 def _transport_arg(name: str) -> Callable[[str], Any]:

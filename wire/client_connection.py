@@ -344,6 +344,18 @@ class _Call:
         self.credit_due = 0
 
 
+def _truncated(sid: int, call: _Call, events: list[ClientEvent]) -> bool:
+    """End ``call`` and say so when its response stream stopped inside a message."""
+    if call.decoder is None:
+        return False
+    try:
+        call.decoder.end()
+    except RpcError as exc:
+        events.append(CallEnded(sid, exc.code, exc.message, call.metadata))
+        return True
+    return False
+
+
 class ClientConnection:
     """One HTTP/2 connection's gRPC client state machine (no I/O)."""
 
@@ -951,14 +963,8 @@ class ClientConnection:
     def _on_stream_ended(self, sid: int, events: list[ClientEvent]) -> None:
         # Reached only when END_STREAM came on a DATA frame: trailers never arrived.
         call = self._calls.pop(sid, None)
-        if call is None:
+        if call is None or _truncated(sid, call, events):
             return
-        if call.decoder is not None:
-            try:
-                call.decoder.end()
-            except RpcError as exc:
-                events.append(CallEnded(sid, exc.code, exc.message, call.metadata))
-                return
         events.append(CallEnded(sid, StatusCode.INTERNAL,
                                 "server closed the stream without sending trailers",
                                 call.metadata))
@@ -970,12 +976,8 @@ class ClientConnection:
             # The server answered before our request side ended; the stream must not stay
             # half-open, where it would count against MAX_CONCURRENT_STREAMS for ever.
             self._reset(sid, ErrorCode.CANCEL)
-        if call.decoder is not None:
-            try:
-                call.decoder.end()
-            except RpcError as exc:
-                events.append(CallEnded(sid, exc.code, exc.message, call.metadata))
-                return
+        if _truncated(sid, call, events):
+            return
         status = status_from_trailers(call.head, headers)
         events.append(CallEnded(sid, status.code, status.message, status.metadata,
                                 status.details))

@@ -5,9 +5,9 @@ Theory of operation
 ``H2ServerCodec`` is a sans-I/O object: bytes read from the socket go into ``receive_data()``,
 bytes to write come out of ``data_to_send()``. It knows HTTP/2 framing, stream states, flow
 control and HPACK, and nothing about gRPC. What the peer says is reported *as it is parsed*, by
-calling methods of a handler object (see ``H2Handler``) -- not by building event objects -- so
-the handler always sees the connection in the state the frame just left it in, and may answer
-(send HEADERS, DATA, RST_STREAM) from inside the callback.
+calling methods of a handler object (``wire.http2.interface.EngineHandler``) -- not by building
+event objects -- so the handler always sees the connection in the state the frame just left it
+in, and may answer (send HEADERS, DATA, RST_STREAM) from inside the callback.
 
 Why not h2 (which the client still uses): h2 is general (both roles, push, priorities), and its
 per-frame event objects, state machines and header normalization were about 80% of the ~280 us a
@@ -55,7 +55,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import hpack
 import hpack.exceptions
@@ -63,6 +63,10 @@ from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
 from .status import ErrorCode
+
+if TYPE_CHECKING:
+    # Typing only: wire.http2 imports this module to build the native engine.
+    from .http2.interface import EngineHandler
 
 __all__ = [
     "CANCEL",
@@ -75,7 +79,6 @@ __all__ = [
     "REFUSED_STREAM",
     "STREAM_CLOSED",
     "H2ConnectionError",
-    "H2Handler",
     "H2ServerCodec",
     "encode_headers",
 ]
@@ -171,39 +174,6 @@ class H2ConnectionError(Exception):
 #: A decoded request header block: the fields, why it is malformed (None if it is not), and
 #: its content-length.
 _Decoded = tuple[list[tuple[bytes, bytes]], str | None, int | None]
-
-
-class H2Handler(Protocol):
-    """What the codec tells its user, synchronously, while parsing."""
-
-    def on_settings(self, initial_window_changed: bool) -> None:
-        """A SETTINGS frame (not an ACK) was applied and acknowledged."""
-
-    def on_request(self, stream_id: int, headers: list[tuple[bytes, bytes]],
-                   end_stream: bool) -> None:
-        """A new stream's valid request header list (decoded, checked per section 8.3)."""
-
-    def on_malformed(self, stream_id: int, reason: str) -> None:
-        """A new stream's request was malformed; the stream has been reset (PROTOCOL_ERROR)."""
-
-    def on_data(self, stream_id: int, data: bytes, flow_length: int, end_stream: bool) -> None:
-        """DATA on an open stream (``flow_length`` counts padding too)."""
-
-    def on_trailers(self, stream_id: int) -> None:
-        """The client ended its side with a trailer section."""
-
-    def on_stream_reset(self, stream_id: int, error_code: int, remote: bool) -> None:
-        """A stream was reset: by the peer (``remote``; the stream may have been closed
-        already), or by us for a stream error (then it was open)."""
-
-    def on_window_update(self, stream_id: int) -> None:
-        """Send window grew on ``stream_id`` (0: the connection)."""
-
-    def on_ping(self) -> None:
-        """A PING (not an ACK) was received and answered."""
-
-    def on_goaway(self, error_code: int, last_stream_id: int, debug: bytes) -> None:
-        """The peer sent GOAWAY."""
 
 
 class _Stream:
@@ -310,7 +280,7 @@ class H2ServerCodec:
 
     def __init__(
         self,
-        handler: H2Handler,
+        handler: EngineHandler,
         *,
         max_concurrent_streams: int,
         max_header_list_size: int,

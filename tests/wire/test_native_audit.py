@@ -52,7 +52,7 @@ BOUND = 10
 
 
 class Recorder:
-    """An ``H2Handler`` that records every callback as a tuple."""
+    """An ``EngineHandler`` that records every callback as a tuple."""
 
     def __init__(self) -> None:
         self.heard: list[tuple[Any, ...]] = []

@@ -13,6 +13,7 @@ shut, as under the h2 engine.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 from ..errors import RemoteProtocolError
@@ -34,18 +35,8 @@ class _Codec(H2ServerCodec):
     """The codec with the two additions the engine interface needs."""
 
     def __init__(self, handler: EngineHandler, limits: EngineLimits) -> None:
-        super().__init__(
-            handler,
-            max_concurrent_streams=limits.max_concurrent_streams,
-            # We advertise the soft limit but decode up to the hard one, so that a request
-            # between the two is refused as a stream (with a gRPC status), not as a connection.
-            max_header_list_size=limits.max_header_list_size,
-            header_block_limit=limits.header_block_limit,
-            initial_window_size=limits.initial_window_size,
-            max_frame_size=limits.max_frame_size,
-            connection_window_increment=limits.connection_window_increment,
-            manual_stream_credit=True,
-        )
+        # EngineLimits' fields are the codec's keyword arguments, name for name.
+        super().__init__(handler, **dataclasses.asdict(limits), manual_stream_credit=True)
         self._ping_ack = handler.on_ping_ack
         self._last_goaway: int | None = None
 
