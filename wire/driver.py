@@ -205,12 +205,6 @@ class ConnectionDriver:
         # The timeout of the read in progress; the idle timer is armed through it when the
         # last call ends while the reader waits (it started waiting with no timeout).
         self._receive_scope: trio.CancelScope | None = None
-        # What the read in progress was bounded by: keepalive's due time, and whether the
-        # preface was still awaited (for telling which timer fired).
-        self._read_due = math.inf
-        self._read_preface = True
-        # True while the read loop's own write is in progress under its scope.
-        self._writing = False
         self._nursery: trio.Nursery | None = None
         # Why the connection ends, for the log; the first reason found wins.
         self._close_reason: str | None = None
@@ -463,95 +457,53 @@ class ConnectionDriver:
             return trio.current_time() + self._options.idle_timeout
         return self._deadlines[0][0] if self._deadlines else math.inf
 
+    async def _receive(self, deadline: float) -> bytes | bytearray | None:
+        """One socket read; None if it timed out (b"" at EOF)."""
+        with trio.move_on_at(deadline) as scope:
+            self._receive_scope = scope
+            try:
+                data = await self._stream.receive_some(self._options.read_size)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+        self._receive_scope = None
+        return None if scope.cancelled_caught else data
+
     async def _read_loop(self) -> None:
-        preface_deadline = trio.current_time() + self._options.preface_timeout
-        carried: bytes | bytearray | None = None
-        while self._reading:
-            data, carried = carried, None
-            go_on = True
-            # One cancel scope bounds every socket read (its deadline the first timer due)
-            # and every write the loop makes (its deadline the write timeout) until it fires:
-            # its deadline is moved, no scope is entered per read or per write.
-            with trio.CancelScope() as scope:
-                go_on, carried = await self._read_batches(scope, preface_deadline, data)
-            self._receive_scope = None
-            if not go_on or not self._reading:
-                return
-            if self._writing:
-                # The write timeout passed with a write of ours in progress.
-                self._writing = False
-                self._transport.stalled()
-                return
-            if scope.cancelled_caught and not self._on_timer():
-                return
-            if (self._conn.draining or self._peer_gone_away) and not self._calls:
-                self._closing("drained")
-                return
-
-    async def _read_batches(self, scope: trio.CancelScope, preface_deadline: float,
-                            data: bytes | bytearray | None,
-                            ) -> tuple[bool, bytes | bytearray | None]:
-        """Read and handle input under ``scope`` until it fires; (False, _) once reading ends.
-
-        Input read just as the scope fired is handed back, to be handled under the next one.
-        """
         conn = self._conn
         opts = self._options
         transport = self._transport
+        preface_deadline = trio.current_time() + opts.preface_timeout
         keepalive = self._keepalive
-        write_timeout = transport.write_timeout
         while self._reading:
+            preface = not conn.preface_received
+            due = keepalive.next_due()
+            data = await self._receive(min(self._read_deadline(preface_deadline), due))
+            if not self._reading:
+                return
             if data is None:
-                self._read_preface = not conn.preface_received
-                due = self._read_due = keepalive.next_due()
-                deadline = min(self._read_deadline(preface_deadline), due)
-                scope.deadline = deadline
-                if deadline <= trio.current_time():
-                    scope.cancel()  # moving a deadline into the past cancels only later
-                self._receive_scope = scope
-                try:
-                    data = await self._stream.receive_some(opts.read_size)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                self._receive_scope = None
-                if not self._reading:
-                    return False, None
-                if scope.cancel_called:
-                    return True, data
-            if not data:
+                if trio.current_time() >= due:
+                    if not self._keepalive_due():
+                        return
+                elif preface or not self._calls:
+                    self._timed_out(preface)
+                    return
+                else:
+                    # Not idle: the deadline of a task-less call has come.
+                    self._expire_due()
+                transport.wake()
+            elif not data:
                 # EOF: the client can send nothing more; calls in flight are cancelled.
                 self._lose_calls("client closed the connection")
-                return False, None
-            if not self._feed(bytes(data)):
-                return False, None
-            data = None
-            scope.deadline = trio.current_time() + write_timeout
-            self._writing = True
-            await transport.send_now(bounded=True)
-            self._writing = False
-            if scope.cancel_called:
-                return True, None  # fired as the write completed: go on under a new scope
+                return
+            elif not self._feed(bytes(data)):
+                return
+            else:
+                await transport.send_now()
             if (conn.draining or self._peer_gone_away) and not self._calls:
                 self._closing("drained")
-                return False, None
-            if transport.backlog + conn.buffered_output() > opts.max_write_backlog:
-                scope.deadline = math.inf  # the writer task bounds its own writes
+                return
+            if data and transport.backlog + conn.buffered_output() > opts.max_write_backlog:
                 await transport.flushed()
-        return False, None
-
-    def _on_timer(self) -> bool:
-        """The read timed out: act on the timer that was due; False if that ended reading."""
-        if trio.current_time() >= self._read_due:
-            if not self._keepalive_due():
-                return False
-        elif self._read_preface or not self._calls:
-            self._timed_out(self._read_preface)
-            return False
-        else:
-            # Not idle: the deadline of a task-less call has come.
-            self._expire_due()
-        self._transport.wake()
-        return True
 
     def _keepalive_due(self) -> bool:
         """Carry out what keepalive asks now; False once that ended the connection."""

@@ -10,10 +10,7 @@ One shortcut: the read loop may call ``send_now()`` after a batch of input. When
 progress it writes from the calling task, under the same lock, which saves a round trip through
 the scheduler per batch. Either way every write happens here, one at a time, in order. The read
 loop is never cancelled in normal operation (stopping it only interrupts its socket read), so a
-write it makes is cut short only when the whole connection is being torn down. That caller may
-bound the write with its own cancel scope (``send_now(bounded=True)``: the read loop keeps one
-scope per connection, its deadline moved, instead of entering one per write) and, if that scope
-fires during the write, reports the stall with ``stalled()``.
+write it makes is cut short only when the whole connection is being torn down.
 """
 
 from __future__ import annotations
@@ -64,28 +61,8 @@ class Transport:
         self.wake()
         await self._idle.wait()
 
-    @property
-    def write_timeout(self) -> float:
-        """Seconds a write may take before the peer counts as not reading."""
-        return self._write_timeout
-
-    def stalled(self) -> None:
-        """The caller's scope cut a ``send_now(bounded=True)`` write short: stop writing."""
-        self._fail(TimeoutError(self._stall_message()))
-
-    def _fail(self, exc: BaseException) -> None:
-        self._broken = exc
-        self._idle.set()
-        self._wakeup.set()  # let the writer task see it and end the connection
-
-    def _stall_message(self) -> str:
-        return f"no write progress for {self._write_timeout} s; peer not reading"
-
-    async def send_now(self, *, bounded: bool = False) -> None:
-        """Write what is pending from this task if no write is in progress, else ``wake()``.
-
-        ``bounded``: the caller's cancel scope already limits the write to the write timeout.
-        """
+    async def send_now(self) -> None:
+        """Write what is pending from this task if no write is in progress, else ``wake()``."""
         if self._broken is not None:
             return
         if self._wakeup.is_set():
@@ -97,14 +74,12 @@ class Transport:
             return
         try:
             data = self._outbox.data_to_send()
-            if data and bounded:
-                self.backlog = len(data)
-                await self._stream.send_all(data)
-                self.backlog = 0
-            elif data:
+            if data:
                 await self._write(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, TimeoutError) as exc:
-            self._fail(exc)
+            self._broken = exc
+            self._idle.set()
+            self._wakeup.set()  # let the writer task see it and end the connection
         finally:
             self._lock.release()
 
@@ -114,7 +89,7 @@ class Transport:
             await self._stream.send_all(data)
         self.backlog = 0
         if scope.cancelled_caught:
-            raise TimeoutError(self._stall_message())
+            raise TimeoutError(f"no write progress for {self._write_timeout} s; peer not reading")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write until cancelled or the stream breaks (then return, with ``broken`` set)."""

@@ -1,8 +1,9 @@
 """The read loop's own writes (``Transport.send_now``) are bounded by the write timeout.
 
-The read loop keeps one cancel scope per connection whose deadline it moves between the read
-timeout and the write timeout; these tests pin that its writes still give up on a client that
-stopped reading, and that a connection answering normally is not cut by that deadline.
+These pin what any reshaping of the read loop's timeouts (for example one cancel scope per
+connection whose deadline moves between the read and the write timeout) must keep: its own
+writes give up on a client that stopped reading, and a write timeout never lingers into the
+idle waits between calls.
 """
 
 from __future__ import annotations
