@@ -861,6 +861,19 @@ class Channel:
         if conn.conn.closed:
             self._connections.discard(conn)
 
+    async def _start_within(
+        self, path: str, request: bytes | None,
+        timeout: float | None,  # noqa: ASYNC109 (the server must learn it: grpc-timeout)
+        metadata: MetadataLike, compression: str | None,
+    ) -> tuple[_Call, float]:
+        """Start a call whose responses are read later; the call and its deadline."""
+        deadline = trio.current_time() + timeout if timeout is not None else math.inf
+        with trio.move_on_at(deadline) as scope:
+            call = await self._start(path, request, deadline, metadata, compression)
+        if scope.cancelled_caught:
+            raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded after {timeout:g} s")
+        return call, deadline
+
     async def _start(self, path: str, request: bytes | None, deadline: float,
                      metadata: MetadataLike, compression: str | None) -> _Call:
         # A request of None opens the stream for a streaming request instead.
@@ -946,11 +959,7 @@ class Channel:
         The deadline bounds starting the call and every read; leaving the block before the
         call ended cancels it (RST_STREAM CANCEL).
         """
-        deadline = trio.current_time() + timeout if timeout is not None else math.inf
-        with trio.move_on_at(deadline) as scope:
-            call = await self._start(path, request, deadline, metadata, compression)
-        if scope.cancelled_caught:
-            raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded after {timeout:g} s")
+        call, deadline = await self._start_within(path, request, timeout, metadata, compression)
         try:
             yield ResponseStream(call, deadline, timeout)
         finally:
@@ -1007,11 +1016,7 @@ class Channel:
         The deadline bounds starting the call, every send and every read; leaving the block
         before the call ended cancels it (RST_STREAM CANCEL).
         """
-        deadline = trio.current_time() + timeout if timeout is not None else math.inf
-        with trio.move_on_at(deadline) as scope:
-            call = await self._start(path, None, deadline, metadata, compression)
-        if scope.cancelled_caught:
-            raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded after {timeout:g} s")
+        call, deadline = await self._start_within(path, None, timeout, metadata, compression)
         try:
             yield BidiStream(call, deadline, timeout)
         finally:
